@@ -1,0 +1,57 @@
+// build/kiln <verb> ...: dispatches to the verbs and turns errors into one line + exit code.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "trainer/cli.h"
+#include "trainer/error.h"
+#include "trainer/log.h"
+
+namespace {
+
+struct Verb {
+  const char* name;
+  int (*run)(int, char**);
+  const char* summary;
+};
+
+const Verb kVerbs[] = {
+    {"train", kiln::cmd_train, "train CONFIG            train (one process, or under mpirun)"},
+    {"eval", kiln::cmd_eval, "eval CONFIG             mean loss on data.eval as one JSON line"},
+    {"plan", kiln::cmd_plan, "plan CONFIG             validate, print resolved config, size, FLOPs, memory"},
+    {"generate", kiln::cmd_generate, "generate CONFIG --prompt TEXT   continue a prompt"},
+    {"export", kiln::cmd_export, "export CKPT_DIR --out DIR       write a Hugging Face checkpoint"},
+    {"prep", kiln::cmd_prep, "prep DATA_JSON --tokenizer MODEL --out DIR   tokenize into a token store"},
+    {"tokenizer", kiln::cmd_tokenizer, "tokenizer train --input FILES --out PREFIX   train a sentencepiece BPE"},
+};
+
+void usage() {
+  std::fprintf(stderr, "usage: kiln <verb> [--help] [--set key.path=value ...]\n\nverbs:\n");
+  for (const auto& v : kVerbs) std::fprintf(stderr, "  %s\n", v.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage();
+    return argc < 2 ? 2 : 0;
+  }
+  for (const auto& v : kVerbs) {
+    if (std::strcmp(argv[1], v.name) != 0) continue;
+    try {
+      return v.run(argc, argv);
+    } catch (const kiln::UserError& e) {
+      std::fprintf(stderr, "%skiln %s: error: %s\n", kiln::rank_prefix().c_str(), v.name, e.what());
+      return 2;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%skiln %s: internal error: %s\n", kiln::rank_prefix().c_str(), v.name,
+                   e.what());
+      return 3;
+    }
+  }
+  std::fprintf(stderr, "kiln: unknown verb '%s'\n", argv[1]);
+  usage();
+  return 2;
+}
