@@ -21,7 +21,8 @@ struct DataConfig {
   std::string mix = "proportional"; // proportional | telechat
   std::vector<MixPoint> schedule;   // optional weight schedule, linear between points
   std::string format = "auto";      // auto | text | alpaca | telechat | firefly | messages
-  std::string chat_template = "firefly";  // YAML key `template`
+  std::string chat_template = "firefly";  // YAML key `template`: a name, or "custom"
+  std::map<std::string, std::string> custom_template;  // YAML key `custom_template` (template: custom)
   std::string loss = "all_turns";   // all_tokens | all_turns | last_turn
   std::string loss_average = "token";  // token | sample
   int64_t seq_len = 128;
