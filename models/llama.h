@@ -1,0 +1,133 @@
+// The Llama-family decoder as LibTorch modules: RMSNorm, rotary embeddings with scaling
+// (linear, dynamic NTK, llama3), grouped-query attention through scaled_dot_product_attention,
+// SwiGLU MLP, tied or untied embeddings, ALiBi as an option.
+//
+// Parameter names are Hugging Face's (model.layers.3.self_attn.q_proj.weight, lm_head.weight),
+// layer indices global, so a pipeline stage that holds layers [8, 16) names them 8..15 and
+// checkpoints and HF import/export need no renaming.
+//
+// The model runs as a chain of "units": unit 0 = embedding (on the first stage), one unit per
+// decoder layer, and a last unit = final norm + LM head (on the last stage). A UnitRunner wraps
+// each unit's call: activation checkpointing and ZeRO-3 parameter gathering slot in there.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "data/batch.h"
+#include "models/model_config.h"
+
+namespace kiln {
+
+struct StageSpec {
+  int64_t layer_begin = 0;
+  int64_t layer_end = -1;  // -1 = num_layers
+  bool has_embedding = true;
+  bool has_head = true;
+};
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  at::Tensor forward(const at::Tensor& x);  // (..., dim)
+  at::Tensor weight;                        // (dim)
+ private:
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+// Rotary tables for positions [0, max_len): cos, sin of shape (max_len, head_dim), with the
+// configured scaling applied. Dynamic NTK recomputes the base when the sequence is longer than
+// the original context.
+struct RopeTables {
+  at::Tensor cos, sin;  // (T, head_dim)
+};
+at::Tensor rope_inv_freq(const ModelConfig& cfg, int64_t seq_len);  // (head_dim/2) fp32
+RopeTables rope_tables(const ModelConfig& cfg, int64_t seq_len, const at::TensorOptions& opts);
+// ALiBi slopes for n heads (the geometric sequence from the paper, with the interleave for
+// non-powers of two).
+at::Tensor alibi_slopes(int64_t num_heads);
+
+// Everything a layer needs about the batch, computed once per forward.
+struct AttentionContext {
+  at::Tensor cos, sin;        // (B, T, head_dim), gathered at position_ids
+  at::Tensor mask;            // (B, 1, T, T) bool or additive float; undefined = plain causal
+  bool causal = true;         // use is_causal=true in SDPA (no packing, no ALiBi)
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const ModelConfig& cfg);
+  at::Tensor forward(const at::Tensor& x, const AttentionContext& ctx);  // (B, T, h)
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+ private:
+  int64_t num_heads_, num_kv_heads_, head_dim_;
+};
+TORCH_MODULE(Attention);
+
+class MLPImpl : public torch::nn::Module {
+ public:
+  explicit MLPImpl(const ModelConfig& cfg);
+  at::Tensor forward(const at::Tensor& x);  // down(silu(gate(x)) * up(x))
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(MLP);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  explicit DecoderLayerImpl(const ModelConfig& cfg);
+  at::Tensor forward(const at::Tensor& x, const AttentionContext& ctx);
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  Attention self_attn{nullptr};
+  MLP mlp{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+// (unit index, input, the unit's own forward) -> output. The default runs fn(input).
+using UnitRunner = std::function<at::Tensor(int64_t unit, const at::Tensor& input,
+                                            const std::function<at::Tensor(const at::Tensor&)>& fn)>;
+
+class LlamaImpl : public torch::nn::Module {
+ public:
+  explicit LlamaImpl(const ModelConfig& cfg, StageSpec stage = {});
+
+  // Whole stage: input_ids (first stage) or hidden states (later stages) -> logits (last
+  // stage, (B, T, vocab), fp32) or hidden states (B, T, h).
+  at::Tensor forward(const Batch& batch, const at::Tensor& hidden_in = {});
+
+  // The unit chain (see the file comment).
+  int64_t num_units() const;
+  std::vector<std::pair<std::string, at::Tensor>> unit_parameters(int64_t unit) const;
+  void set_unit_runner(UnitRunner runner) { runner_ = std::move(runner); }
+  AttentionContext attention_context(const Batch& batch, const at::TensorOptions& opts) const;
+
+  // Random init: normal(0, init_std) for matrices, scaled by 1/sqrt(2L) for the output
+  // projections (o_proj, down_proj); ones for norms. Deterministic given the torch seed.
+  void reset_parameters();
+
+  const ModelConfig& config() const { return cfg_; }
+  const StageSpec& stage() const { return stage_; }
+
+  torch::nn::Embedding embed_tokens{nullptr};      // registered as model.embed_tokens
+  std::vector<DecoderLayer> layers;                // [local index] -> model.layers.<global>
+  RMSNorm norm{nullptr};                           // model.norm
+  torch::nn::Linear lm_head{nullptr};              // lm_head (absent when tied)
+
+ private:
+  ModelConfig cfg_;
+  StageSpec stage_;
+  UnitRunner runner_;
+};
+TORCH_MODULE(Llama);
+
+// Sum (not mean) of token cross-entropy over labels != kIgnoreIndex, in fp32. The trainer
+// divides by the global number of loss tokens so that accumulation and data parallelism give
+// the mean over trained tokens of the global batch.
+at::Tensor lm_loss_sum(const at::Tensor& logits, const at::Tensor& labels);
+
+}  // namespace kiln

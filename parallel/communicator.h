@@ -1,0 +1,67 @@
+// Communicator: the narrow interface training needs from a process group (STYLE.md 2).
+// The trainer never sees MPI or NCCL types. Backends: MPI (CPU tensors; CUDA tensors staged
+// through pinned host memory unless the MPI is CUDA-aware), NCCL (CUDA tensors, stream-ordered,
+// unique id broadcast over MPI) and a single-process one (size 1, every collective an identity).
+//
+// Every collective is bounded by the timeout given at creation: a peer that died or hangs makes
+// the call fail with a message naming the collective, the group and the rank, and the process
+// exit non-zero — never hang forever.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+enum class ReduceOp { Sum, Max, Min };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual const std::string& name() const = 0;  // "world", "dp", "tp", "pp" — for messages
+  virtual std::string backend() const = 0;      // "mpi", "nccl", "single"
+
+  // In place on every rank.
+  virtual void all_reduce(at::Tensor& t, ReduceOp op = ReduceOp::Sum) = 0;
+  // out (size * shard.numel(), contiguous) = concatenation of every rank's shard, rank order.
+  virtual void all_gather(const at::Tensor& shard, at::Tensor& out) = 0;
+  // Uneven sizes: counts[r] = elements of rank r; out holds sum(counts).
+  virtual void all_gather_v(const at::Tensor& shard, at::Tensor& out,
+                            const std::vector<int64_t>& counts) = 0;
+  // out (in.numel() / size) = this rank's slice of the elementwise sum of every rank's `in`.
+  virtual void reduce_scatter(const at::Tensor& in, at::Tensor& out,
+                              ReduceOp op = ReduceOp::Sum) = 0;
+  virtual void broadcast(at::Tensor& t, int root) = 0;
+  virtual void send(const at::Tensor& t, int dst) = 0;
+  virtual void recv(at::Tensor& t, int src) = 0;
+  virtual void barrier() = 0;
+
+  // Ranks with the same color form a new group, ordered by key. Collective over this group.
+  virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) = 0;
+};
+
+struct LaunchInfo {
+  int world_rank = 0;
+  int world_size = 1;
+  int local_rank = 0;     // rank among the processes on this host
+  int local_size = 1;
+  std::string host;
+  bool under_mpi = false;  // started by mpirun (OMPI_/PMI_ environment) rather than directly
+};
+
+// Initialises MPI when started under mpirun (RAII: finalised at exit), fills LaunchInfo, and
+// sets the log rank. Safe to call more than once.
+const LaunchInfo& launch_info();
+
+// The world group. backend: "auto" (NCCL when CUDA tensors are used and NCCL is built, MPI
+// under mpirun, else single), "nccl", "mpi". timeout_s bounds every collective.
+std::unique_ptr<Communicator> make_world_communicator(const std::string& backend, bool cuda,
+                                                      double timeout_s);
+
+}  // namespace kiln
