@@ -211,11 +211,16 @@ TEST(DataTemplate, GoldenMasksEveryTemplateSingleAndMultiTurn) {
 TEST(DataTemplate, GoldenSystemMessages) {
   Sample s = single_turn();
   s.system = "Be brief.";
-  EXPECT_EQ(golden("firefly", s, "all_turns"), "");
-  EXPECT_EQ(golden("xuanyuan", s, "all_turns"), "");
-  EXPECT_EQ(golden("llama2", s, "all_turns"), "");
-  EXPECT_EQ(golden("chatml", s, "all_turns"), "");
-  EXPECT_EQ(golden("telechat", s, "all_turns"), "");  // telechat has no system slot
+  EXPECT_EQ(golden("firefly", s, "all_turns"),
+            "<s>Be brief.</s>hi there</s>[hello</s>]");
+  EXPECT_EQ(golden("xuanyuan", s, "all_turns"),
+            "<s>Be brief. Human: hi there Assistant:[ hello</s>]");
+  EXPECT_EQ(golden("llama2", s, "all_turns"),
+            "<s>[INST] <<SYS>>\\nBe brief.\\n<</SYS>>\\n\\nhi there [/INST][ hello</s>]");
+  EXPECT_EQ(golden("chatml", s, "all_turns"),
+            "<s><|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nhi there<|im_end|>\\n<|im_start|>assistant\\n[hello<|im_end|>]\\n");
+  EXPECT_EQ(golden("telechat", s, "all_turns"),
+            "<s><_user>hi there<_bot>[hello<_end>]");  // telechat has no system slot
 }
 
 TEST(DataTemplate, GoldenCustomTemplateFromYaml) {
@@ -228,8 +233,10 @@ TEST(DataTemplate, GoldenCustomTemplateFromYaml) {
       {"end_of_turn", "<_end>"},
       {"after_turn", "\n"},
       {"specials", "<_user>,<_bot>,<_end>,<|im_start|>"}};
-  EXPECT_EQ(golden("custom", multi_turn(), "all_turns", custom), "");
-  EXPECT_EQ(golden("custom", single_turn(), "last_turn", custom), "");
+  EXPECT_EQ(golden("custom", multi_turn(), "all_turns", custom),
+            "<|im_start|>You are a helpful assistant.\\n<_user>q one<_bot>[a one<_end>]\\n<_user>q two<_bot>[a two<_end>]\\n");
+  EXPECT_EQ(golden("custom", single_turn(), "last_turn", custom),
+            "<|im_start|>You are a helpful assistant.\\n<_user>hi there<_bot>[hello<_end>]\\n");
 }
 
 TEST(DataTemplate, GoldenEveryFormatThroughFirefly) {
@@ -237,12 +244,18 @@ TEST(DataTemplate, GoldenEveryFormatThroughFirefly) {
   auto run = [&](const std::string& line, const std::string& fmt) {
     return render(tokenizer(), enc.encode(parse_sample(json::parse(line), fmt)));
   };
-  EXPECT_EQ(run(R"({"text":"hello world"})", "text"), "");
-  EXPECT_EQ(run(R"({"instruction":"Translate to French:","input":"cat","output":"Chat."})", "alpaca"), "");
-  EXPECT_EQ(run(R"({"input":"q one","output":"a one"})", "telechat"), "");
-  EXPECT_EQ(run(R"({"input":"<_user>q one<_bot>a one<_end><_user>q two<_bot>","output":"a two"})", "telechat"), "");
-  EXPECT_EQ(run(R"({"conversation":[{"human":"q one","assistant":"a one"},{"human":"q two","assistant":"a two"}]})", "firefly"), "");
-  EXPECT_EQ(run(R"({"messages":[{"role":"user","content":"q one"},{"role":"assistant","content":"a one"}]})", "messages"), "");
+  EXPECT_EQ(run(R"({"text":"hello world"})", "text"),
+            "[<s>hello world</s>]");
+  EXPECT_EQ(run(R"({"instruction":"Translate to French:","input":"cat","output":"Chat."})", "alpaca"),
+            "<s>Translate to French:\\ncat</s>[Chat.</s>]");
+  EXPECT_EQ(run(R"({"input":"q one","output":"a one"})", "telechat"),
+            "<s>q one</s>[a one</s>]");
+  EXPECT_EQ(run(R"({"input":"<_user>q one<_bot>a one<_end><_user>q two<_bot>","output":"a two"})", "telechat"),
+            "<s>q one</s>[a one</s>]q two</s>[a two</s>]");
+  EXPECT_EQ(run(R"({"conversation":[{"human":"q one","assistant":"a one"},{"human":"q two","assistant":"a two"}]})", "firefly"),
+            "<s>q one</s>[a one</s>]q two</s>[a two</s>]");
+  EXPECT_EQ(run(R"({"messages":[{"role":"user","content":"q one"},{"role":"assistant","content":"a one"}]})", "messages"),
+            "<s>q one</s>[a one</s>]");
 }
 
 TEST(DataTemplate, SampleWithNoTrainableTokenIsRejected) {
