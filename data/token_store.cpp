@@ -1,7 +1,9 @@
 // Token store: memory-mapped reader and streaming writer (see token_store.h).
 #include "data/token_store.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,7 +20,7 @@ namespace kiln {
 
 namespace fs = std::filesystem;
 
-MappedFile::MappedFile(const std::string& path) {
+MappedStoreFile::MappedStoreFile(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) user_error(path, ": cannot open (", std::strerror(errno), ")");
   struct stat st {};
@@ -35,7 +37,7 @@ MappedFile::MappedFile(const std::string& path) {
   ::close(fd);  // the mapping keeps the file alive
 }
 
-MappedFile::~MappedFile() {
+MappedStoreFile::~MappedStoreFile() {
   if (data_) ::munmap(data_, size_);
 }
 
@@ -112,9 +114,9 @@ TokenStore::TokenStore(const std::string& dir) : dir_(dir) {
       src.docs = s.at("docs").get<int64_t>();
       src.tokens = s.at("tokens").get<int64_t>();
       const std::string prefix = (fs::path(dir) / s.at("prefix").get<std::string>()).string();
-      src.tokens_file = std::make_unique<MappedFile>(prefix + ".tokens");
-      src.mask_file = std::make_unique<MappedFile>(prefix + ".mask");
-      src.index_file = std::make_unique<MappedFile>(prefix + ".index");
+      src.tokens_file = std::make_unique<MappedStoreFile>(prefix + ".tokens");
+      src.mask_file = std::make_unique<MappedStoreFile>(prefix + ".mask");
+      src.index_file = std::make_unique<MappedStoreFile>(prefix + ".index");
       const size_t t = static_cast<size_t>(src.tokens);
       if (src.tokens_file->size() != t * 4 || src.mask_file->size() != t ||
           src.index_file->size() != static_cast<size_t>(src.docs + 1) * 8 ||
@@ -127,6 +129,27 @@ TokenStore::TokenStore(const std::string& dir) : dir_(dir) {
     user_error(manifest_path.string(), ": malformed manifest (", e.what(), ")");
   }
   if (sources_.empty()) user_error(manifest_path.string(), ": no sources");
+}
+
+void remove_tree(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return;
+  auto remove_one = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); };
+  ::nftw(path.c_str(), remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+bool dir_is_empty(const std::string& path) {
+  DIR* d = ::opendir(path.c_str());
+  if (!d) return true;
+  bool empty = true;
+  while (const dirent* e = ::readdir(d)) {
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
+      empty = false;
+      break;
+    }
+  }
+  ::closedir(d);
+  return empty;
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {

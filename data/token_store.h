@@ -18,12 +18,12 @@
 namespace kiln {
 
 // A read-only memory-mapped file (RAII: unmapped and closed on destruction).
-class MappedFile {
+class MappedStoreFile {
  public:
-  explicit MappedFile(const std::string& path);  // UserError when it cannot be opened
-  ~MappedFile();
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
+  explicit MappedStoreFile(const std::string& path);  // UserError when it cannot be opened
+  ~MappedStoreFile();
+  MappedStoreFile(const MappedStoreFile&) = delete;
+  MappedStoreFile& operator=(const MappedStoreFile&) = delete;
   const void* data() const { return data_; }
   size_t size() const { return size_; }
 
@@ -56,7 +56,7 @@ struct StoreSource {
   double weight = 1;   // its data.json weight
   int64_t docs = 0;
   int64_t tokens = 0;
-  std::unique_ptr<MappedFile> tokens_file, mask_file, index_file;
+  std::unique_ptr<MappedStoreFile> tokens_file, mask_file, index_file;
 
   int64_t doc_length(int64_t i) const { return offsets()[i + 1] - offsets()[i]; }
   const int32_t* doc_tokens(int64_t i) const {
@@ -86,6 +86,12 @@ class TokenStore {
 
 // True when DIR holds a complete token store (its manifest.json exists).
 bool is_token_store(const std::string& dir);
+
+// Removes a directory tree (or a file); missing is fine. std::filesystem::remove_all and
+// is_empty must not be used in kiln: libtorch.so exports its own (ABI-incompatible) copies
+// of them, and the dynamic linker binds our calls to those (a crash in remove_all).
+void remove_tree(const std::string& path);
+bool dir_is_empty(const std::string& path);  // true for a missing or empty directory
 
 // Writes `text` to `path` atomically: temp file, fsync, rename.
 void write_file_atomic(const std::string& path, const std::string& text);

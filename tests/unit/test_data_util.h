@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "data/chat_template.h"
+#include "data/token_store.h"
 #include "data/tokenizer.h"
 
 namespace kiln::test {
@@ -25,15 +26,12 @@ class TempDir {
  public:
   TempDir() {
     static int counter = 0;
-    path_ = std::filesystem::temp_directory_path() /
+    path_ = std::filesystem::path("/tmp") /
             ("kiln-data-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    std::filesystem::remove_all(path_);
+    remove_tree(path_.string());
     std::filesystem::create_directories(path_);
   }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
+  ~TempDir() { remove_tree(path_.string()); }
   std::string operator/(const std::string& name) const { return (path_ / name).string(); }
   std::string str() const { return path_.string(); }
 
