@@ -166,7 +166,6 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, TokenStoreWriter&
       lengths.push_back(std::min<int64_t>(t.size() - 1, opt.seq_len > 0 ? opt.seq_len : t.size()));
       writer.append(t, r.sample.mask);
     }
-    tokens_done += 0;
     progress.update(src.name, bytes_done, tokens_done + tokens);
   }
   tokens_done += tokens;
