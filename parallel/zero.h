@@ -12,7 +12,9 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kiln {
@@ -59,12 +61,15 @@ class ZeroOptimizer {
   // Restores from slices gathered from any layout (each rank passes whatever covers its
   // shard; missing coverage is an error naming the tensor). Also sets the model's tensors.
   void load_state(const std::vector<TensorSlice>& slices, int64_t steps);
+  // The full fp32 value of every trained parameter (collective over dp: every rank calls it),
+  // in model order with global names — what checkpoints and exports write.
+  std::vector<std::pair<std::string, at::Tensor>> gather_parameters() const;
   // Parameter bytes this rank currently holds in the model's tensors (ZeRO-3 measurement).
   int64_t resident_parameter_bytes() const;
 
  private:
   struct Impl;
-  Impl* impl_;
+  std::unique_ptr<Impl> impl_;
   int stage_;
   int64_t steps_ = 0;
 };

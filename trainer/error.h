@@ -30,7 +30,7 @@ std::string str(const Args&... args) {
 
 template <typename... Args>
 [[noreturn]] void user_error(const Args&... args) {
-  throw UserError(str(args...));
+  throw UserError(::kiln::str(args...));
 }
 
 [[noreturn]] void fail_check(const char* expr, const char* file, int line, const std::string& msg);

@@ -17,11 +17,11 @@ void log_liner(const std::string& line);
 
 template <typename... Args>
 void log0(const Args&... args) {
-  log_line0(str(args...));
+  log_line0(::kiln::str(args...));
 }
 template <typename... Args>
 void logr(const Args&... args) {
-  log_liner(str(args...));
+  log_liner(::kiln::str(args...));
 }
 
 }  // namespace kiln

@@ -1,0 +1,201 @@
+// `kiln prep` and `kiln tokenizer train`: the command-line side of prep.h and tokenizer.h.
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "data/mixer.h"
+#include "data/prep.h"
+#include "data/sample_format.h"
+#include "data/tokenizer.h"
+#include "trainer/cli.h"
+#include "trainer/error.h"
+
+namespace kiln {
+
+namespace {
+
+// --name value / --name=value / --flag, plus positionals, from argv[first..].
+struct Opts {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> values;
+};
+
+Opts parse(int argc, char** argv, int first, const std::vector<std::string>& valued,
+           const std::vector<std::string>& flags, const std::string& verb) {
+  Opts o;
+  for (int i = first; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) {
+      o.positional.push_back(a);
+      continue;
+    }
+    std::string name = a.substr(2), value;
+    const size_t eq = name.find('=');
+    const bool inline_value = eq != std::string::npos;
+    if (inline_value) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    if (std::find(flags.begin(), flags.end(), name) != flags.end()) {
+      o.values[name] = "true";
+    } else if (std::find(valued.begin(), valued.end(), name) != valued.end()) {
+      if (!inline_value) {
+        if (i + 1 >= argc) user_error("--", name, ": needs a value");
+        value = argv[++i];
+      }
+      o.values[name] = value;
+    } else {
+      std::string all;
+      for (const auto& v : valued) all += " --" + v;
+      for (const auto& f : flags) all += " --" + f;
+      user_error(verb, ": unknown option --", name, " (options:", all, ")");
+    }
+  }
+  return o;
+}
+
+int64_t to_int(const Opts& o, const std::string& name, int64_t fallback) {
+  auto it = o.values.find(name);
+  if (it == o.values.end()) return fallback;
+  try {
+    size_t used = 0;
+    const long long v = std::stoll(it->second, &used);
+    if (used == it->second.size()) return v;
+  } catch (const std::exception&) {
+  }
+  user_error("--", name, ": \"", it->second, "\" is not an integer");
+}
+
+std::string get(const Opts& o, const std::string& name, const std::string& fallback = "") {
+  auto it = o.values.find(name);
+  return it == o.values.end() ? fallback : it->second;
+}
+
+// Every string of a JSONL line worth learning a vocabulary from.
+void collect_text(const nlohmann::json& j, std::vector<std::string>& out) {
+  if (j.is_string()) {
+    const std::string& s = j.get_ref<const std::string&>();
+    size_t start = 0;
+    while (start < s.size()) {  // one sentence per line keeps them under sentencepiece's limit
+      size_t nl = s.find('\n', start);
+      if (nl == std::string::npos) nl = s.size();
+      if (nl > start) out.push_back(s.substr(start, nl - start));
+      start = nl + 1;
+    }
+  } else if (j.is_array() || j.is_object()) {
+    for (const auto& v : j) collect_text(v, out);
+  }
+}
+
+}  // namespace
+
+int cmd_prep(int argc, char** argv) {
+  const Opts o = parse(argc, argv, 2, {"tokenizer", "out", "workers", "seq-len", "format", "template", "loss"},
+                       {"skip-bad-lines", "no-progress", "help"}, "prep");
+  if (o.values.count("help")) {
+    std::fprintf(stderr,
+                 "usage: kiln prep DATA_JSON --tokenizer MODEL --out DIR [--workers N] [--seq-len L]\n"
+                 "                 [--format auto|text|alpaca|telechat|firefly|messages]\n"
+                 "                 [--template firefly|xuanyuan|llama2|chatml|telechat] [--loss all_turns|last_turn|all_tokens]\n"
+                 "                 [--skip-bad-lines] [--no-progress]\n");
+    return 0;
+  }
+  if (o.positional.size() != 1) user_error("prep: expected one DATA_JSON (a data.json or a .jsonl file)");
+  PrepOptions opt;
+  opt.data_json = o.positional[0];
+  opt.tokenizer = get(o, "tokenizer");
+  opt.out_dir = get(o, "out");
+  if (opt.tokenizer.empty()) user_error("prep: --tokenizer MODEL is required");
+  if (opt.out_dir.empty()) user_error("prep: --out DIR is required");
+  opt.workers = to_int(o, "workers", 2);
+  opt.seq_len = to_int(o, "seq-len", 0);
+  opt.format = get(o, "format", "auto");
+  opt.chat_template = get(o, "template", "firefly");
+  opt.loss = get(o, "loss", "all_turns");
+  opt.skip_bad_lines = o.values.count("skip-bad-lines") > 0;
+  opt.progress = o.values.count("no-progress") == 0;
+  const nlohmann::json stats = run_prep(opt);
+  for (const auto& s : stats["sources"]) {
+    std::string drops;
+    for (const auto& [k, v] : s["dropped"].items()) drops += str(" ", k, "=", v.get<int64_t>());
+    std::fprintf(stderr, "[prep] %s: %lld lines, %lld samples, %lld tokens, %lld loss tokens%s%s\n",
+                 s["name"].get<std::string>().c_str(), (long long)s["lines"].get<int64_t>(),
+                 (long long)s["samples"].get<int64_t>(), (long long)s["tokens"].get<int64_t>(),
+                 (long long)s["loss_tokens"].get<int64_t>(), drops.empty() ? "" : ", dropped:", drops.c_str());
+  }
+  std::fprintf(stderr, "[prep] %lld tokens in %.2f s (%.0f tokens/s)", (long long)stats["tokens"].get<int64_t>(),
+               stats["seconds"].get<double>(), stats["tokens_per_second"].get<double>());
+  if (stats.contains("packing_efficiency"))
+    std::fprintf(stderr, ", packing efficiency %.4f at seq_len %lld", stats["packing_efficiency"].get<double>(),
+                 (long long)stats["seq_len"].get<int64_t>());
+  std::fprintf(stderr, "\n[prep] wrote %s (stats.json)\n", opt.out_dir.c_str());
+  return 0;
+}
+
+int cmd_tokenizer(int argc, char** argv) {
+  if (argc < 3 || std::strcmp(argv[2], "train") != 0)
+    user_error("tokenizer: expected `kiln tokenizer train --input FILE[,FILE] --out PREFIX --vocab-size N`");
+  const Opts o = parse(argc, argv, 3, {"input", "out", "vocab-size", "model-type", "max-sentences", "threads"},
+                       {"help"}, "tokenizer train");
+  TokenizerTrainOptions opt;
+  opt.out_prefix = get(o, "out");
+  opt.vocab_size = to_int(o, "vocab-size", 2000);
+  opt.model_type = get(o, "model-type", "bpe");
+  opt.max_sentences = to_int(o, "max-sentences", 200000);
+  opt.threads = to_int(o, "threads", 2);
+  const std::string inputs = get(o, "input");
+  if (inputs.empty() || opt.out_prefix.empty())
+    user_error("tokenizer train: --input FILE[,FILE] and --out PREFIX are required");
+  std::vector<std::string> sentences;
+  size_t start = 0;
+  while (start <= inputs.size()) {
+    size_t comma = inputs.find(',', start);
+    if (comma == std::string::npos) comma = inputs.size();
+    const std::string path = inputs.substr(start, comma - start);
+    start = comma + 1;
+    if (path.empty()) continue;
+    std::ifstream in(path, std::ios::binary);
+    if (!in) user_error(path, ": cannot open");
+    const bool jsonl = path.size() > 6 && path.compare(path.size() - 6, 6, ".jsonl") == 0;
+    std::string line;
+    int64_t n = 0;
+    while (std::getline(in, line)) {
+      ++n;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      try {
+        check_utf8(line);
+      } catch (const SampleError& e) {
+        user_error(path, ":", n, ": ", e.what());
+      }
+      if (!jsonl) {
+        sentences.push_back(line);
+        continue;
+      }
+      nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_discarded()) user_error(path, ":", n, ": malformed JSON");
+      collect_text(j, sentences);
+    }
+  }
+  // sentencepiece samples input_sentence_size of them; cap what we hold in memory first.
+  const size_t cap = static_cast<size_t>(std::max<int64_t>(opt.max_sentences, 1)) * 4;
+  if (sentences.size() > cap) {
+    std::vector<int64_t> idx(sentences.size());
+    for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int64_t>(i);
+    auto rng = make_rng(1234, 0, 0);
+    shuffle(idx, rng);
+    std::vector<std::string> kept;
+    for (size_t i = 0; i < cap; ++i) kept.push_back(std::move(sentences[idx[i]]));
+    sentences = std::move(kept);
+  }
+  train_tokenizer(sentences, opt);
+  std::fprintf(stderr, "[tokenizer] trained %s.model (%lld pieces, %s) on %zu sentences\n", opt.out_prefix.c_str(),
+               (long long)opt.vocab_size, opt.model_type.c_str(), sentences.size());
+  return 0;
+}
+
+}  // namespace kiln

@@ -1,0 +1,290 @@
+// The Llama-family decoder (see llama.h). Shapes: B batch, T sequence, h hidden, H heads,
+// K key/value heads, D head dim, V vocabulary.
+#include "models/llama.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+#include "models/recompute.h"
+#include "trainer/error.h"
+
+namespace kiln {
+
+// ---- RMSNorm ---------------------------------------------------------------------------------
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", at::ones({dim}));
+}
+
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  // Normalise in fp32, scale in the input dtype (as LlamaRMSNorm does).
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(/*dim=*/-1, /*keepdim=*/true);
+  return weight * (xf * at::rsqrt(var + eps_)).to(x.scalar_type());
+}
+
+// ---- Rotary embeddings -----------------------------------------------------------------------
+
+at::Tensor rope_inv_freq(const ModelConfig& cfg, int64_t seq_len) {
+  const int64_t dim = cfg.head_dim();
+  const auto& rs = cfg.rope_scaling;
+  const int64_t original = rs.original_max_seq_len > 0 ? rs.original_max_seq_len : cfg.max_seq_len;
+  double base = cfg.rope_theta;
+  if (rs.type == "dynamic") {
+    // NTK-aware: grow the base once the sequence outruns the original context.
+    double len = static_cast<double>(std::max<int64_t>(seq_len, original));
+    base *= std::pow(rs.factor * len / original - (rs.factor - 1), double(dim) / (dim - 2));
+  }
+  at::Tensor exponent = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<float>(dim);
+  at::Tensor inv_freq = 1.0 / at::pow(base, exponent);  // (D/2)
+  if (rs.type == "linear") inv_freq = inv_freq / rs.factor;
+  if (rs.type == "llama3") {
+    // Long wavelengths divided by factor, short kept, a smooth blend in between.
+    const double low_wavelen = original / rs.low_freq_factor;
+    const double high_wavelen = original / rs.high_freq_factor;
+    at::Tensor wavelen = 2 * M_PI / inv_freq;
+    at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq);
+    at::Tensor smooth = (original / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+    at::Tensor blended = (1 - smooth) * scaled / rs.factor + smooth * scaled;
+    at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+    inv_freq = at::where(medium, blended, scaled);
+  }
+  return inv_freq;
+}
+
+RopeTables rope_tables(const ModelConfig& cfg, int64_t seq_len, const at::TensorOptions& opts) {
+  at::Tensor inv_freq = rope_inv_freq(cfg, seq_len);
+  at::Tensor pos = at::arange(seq_len, at::kFloat);
+  at::Tensor freqs = at::outer(pos, inv_freq);      // (T, D/2)
+  at::Tensor emb = at::cat({freqs, freqs}, -1);     // (T, D)
+  return {emb.cos().to(opts), emb.sin().to(opts)};
+}
+
+at::Tensor alibi_slopes(int64_t num_heads) {
+  auto pow2_slopes = [](int64_t n) {
+    std::vector<float> s;
+    double start = std::pow(2.0, -std::pow(2.0, -(std::log2(double(n)) - 3)));
+    for (int64_t i = 0; i < n; ++i) s.push_back(static_cast<float>(std::pow(start, i + 1)));
+    return s;
+  };
+  int64_t closest = int64_t(1) << static_cast<int64_t>(std::floor(std::log2(double(num_heads))));
+  std::vector<float> slopes = pow2_slopes(closest);
+  if (closest < num_heads) {
+    std::vector<float> extra = pow2_slopes(2 * closest);
+    for (int64_t i = 0; i < num_heads - closest; ++i) slopes.push_back(extra[2 * i]);
+  }
+  return at::tensor(slopes, at::kFloat);
+}
+
+namespace {
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  auto halves = x.chunk(2, /*dim=*/-1);
+  return at::cat({-halves[1], halves[0]}, /*dim=*/-1);
+}
+
+}  // namespace
+
+// ---- Attention -------------------------------------------------------------------------------
+
+AttentionImpl::AttentionImpl(const ModelConfig& cfg)
+    : num_heads_(cfg.num_heads), num_kv_heads_(cfg.kv_heads()), head_dim_(cfg.head_dim()) {
+  const int64_t h = cfg.hidden_size;
+  auto linear = [](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
+  q_proj = register_module("q_proj", linear(h, num_heads_ * head_dim_));
+  k_proj = register_module("k_proj", linear(h, num_kv_heads_ * head_dim_));
+  v_proj = register_module("v_proj", linear(h, num_kv_heads_ * head_dim_));
+  o_proj = register_module("o_proj", linear(num_heads_ * head_dim_, h));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionContext& ctx) {
+  const int64_t B = x.size(0), T = x.size(1);
+  at::Tensor q = q_proj(x).view({B, T, num_heads_, head_dim_}).transpose(1, 2);     // (B, H, T, D)
+  at::Tensor k = k_proj(x).view({B, T, num_kv_heads_, head_dim_}).transpose(1, 2);  // (B, K, T, D)
+  at::Tensor v = v_proj(x).view({B, T, num_kv_heads_, head_dim_}).transpose(1, 2);
+  if (ctx.cos.defined()) {
+    at::Tensor cos = ctx.cos.unsqueeze(1), sin = ctx.sin.unsqueeze(1);  // (B, 1, T, D)
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
+  }
+  if (num_kv_heads_ != num_heads_) {
+    const int64_t rep = num_heads_ / num_kv_heads_;
+    k = k.repeat_interleave(rep, /*dim=*/1);
+    v = v.repeat_interleave(rep, /*dim=*/1);
+  }
+  at::Tensor mask = ctx.mask;
+  if (mask.defined() && mask.is_floating_point()) mask = mask.to(q.scalar_type());
+  const bool is_causal = ctx.causal && !mask.defined();
+  auto core = [is_causal](const std::vector<at::Tensor>& in) {  // in: q, k, v[, mask]
+    return at::scaled_dot_product_attention(in[0], in[1], in[2], in.size() > 3 ? in[3] : at::Tensor(),
+                                            /*dropout_p=*/0.0, is_causal);
+  };
+  std::vector<at::Tensor> core_in{q, k, v};
+  if (mask.defined()) core_in.push_back(mask);
+  // Selective recomputation: keep only q, k, v; the (T x T) attention internals are redone.
+  at::Tensor out = recompute_core && q.requires_grad() ? recompute(core_in, core) : core(core_in);
+  out = out.transpose(1, 2).reshape({B, T, num_heads_ * head_dim_});
+  return o_proj(out);
+}
+
+// ---- MLP and decoder layer -------------------------------------------------------------------
+
+MLPImpl::MLPImpl(const ModelConfig& cfg) {
+  const int64_t h = cfg.hidden_size, f = cfg.ffn_size();
+  auto linear = [](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
+  gate_proj = register_module("gate_proj", linear(h, f));
+  up_proj = register_module("up_proj", linear(h, f));
+  down_proj = register_module("down_proj", linear(f, h));
+}
+
+at::Tensor MLPImpl::forward(const at::Tensor& x) {
+  return down_proj(at::silu(gate_proj(x)) * up_proj(x));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg) {
+  self_attn = register_module("self_attn", Attention(cfg));
+  mlp = register_module("mlp", MLP(cfg));
+  input_layernorm = register_module("input_layernorm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+}
+
+at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const AttentionContext& ctx) {
+  at::Tensor h = x + self_attn(input_layernorm(x), ctx);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+// ---- The stack -------------------------------------------------------------------------------
+
+LlamaImpl::LlamaImpl(const ModelConfig& cfg, StageSpec stage) : cfg_(cfg), stage_(stage) {
+  if (stage_.layer_end < 0) stage_.layer_end = cfg.num_layers;
+  KILN_CHECK(0 <= stage_.layer_begin && stage_.layer_begin <= stage_.layer_end &&
+                 stage_.layer_end <= cfg.num_layers,
+             "bad stage layer range");
+  // HF names: the body lives under "model", the head beside it.
+  auto body = register_module("model", std::make_shared<torch::nn::Module>());
+  if (stage_.has_embedding || (stage_.has_head && cfg.tie_embeddings))
+    embed_tokens = body->register_module("embed_tokens",
+                                         torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
+  auto layer_list = body->register_module("layers", std::make_shared<torch::nn::Module>());
+  for (int64_t i = stage_.layer_begin; i < stage_.layer_end; ++i)
+    layers.push_back(layer_list->register_module(std::to_string(i), DecoderLayer(cfg)));
+  if (stage_.has_head) {
+    norm = body->register_module("norm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+    if (!cfg.tie_embeddings)
+      lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(
+                                                                 cfg.hidden_size, cfg.vocab_size)
+                                                                 .bias(false)));
+  }
+  reset_parameters();
+}
+
+void LlamaImpl::reset_parameters() {
+  at::NoGradGuard no_grad;
+  const double std = cfg_.init_std;
+  const double out_std = std / std::sqrt(2.0 * cfg_.num_layers);
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    at::Tensor& p = item.value();
+    if (p.dim() == 1) {
+      p.fill_(1.0);
+    } else if (name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos) {
+      p.normal_(0.0, out_std);
+    } else {
+      p.normal_(0.0, std);
+    }
+  }
+}
+
+int64_t LlamaImpl::num_units() const {
+  return (stage_.has_embedding ? 1 : 0) + static_cast<int64_t>(layers.size()) + (stage_.has_head ? 1 : 0);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> LlamaImpl::unit_parameters(int64_t unit) const {
+  KILN_CHECK(unit >= 0 && unit < num_units(), "unit ", unit, " of ", num_units());
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  int64_t u = unit;
+  if (stage_.has_embedding) {
+    if (u == 0) return {{"model.embed_tokens.weight", embed_tokens->weight}};
+    --u;
+  }
+  if (u < static_cast<int64_t>(layers.size())) {
+    std::string prefix = str("model.layers.", stage_.layer_begin + u, ".");
+    for (const auto& item : layers[u]->named_parameters()) out.emplace_back(prefix + item.key(), item.value());
+    return out;
+  }
+  out.emplace_back("model.norm.weight", norm->weight);
+  if (lm_head) out.emplace_back("lm_head.weight", lm_head->weight);
+  else if (!stage_.has_embedding) out.emplace_back("model.embed_tokens.weight", embed_tokens->weight);
+  return out;
+}
+
+AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::TensorOptions& opts) const {
+  AttentionContext ctx;
+  const at::Tensor& pos = batch.position_ids;  // (B, T)
+  const int64_t T = pos.size(1);
+  if (cfg_.position == "rope") {
+    int64_t span = std::max<int64_t>(T, pos.max().item<int64_t>() + 1);
+    RopeTables tables = rope_tables(cfg_, span, opts);
+    ctx.cos = tables.cos.index_select(0, pos.reshape(-1)).view({pos.size(0), T, -1});  // (B, T, D)
+    ctx.sin = tables.sin.index_select(0, pos.reshape(-1)).view({pos.size(0), T, -1});
+  }
+  at::Tensor causal = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(pos.device())).tril();
+  at::Tensor allowed;  // (B, 1, T, T) bool
+  if (batch.packed) {
+    at::Tensor doc = (pos == 0).cumsum(/*dim=*/1);  // (B, T): document index within the row
+    allowed = doc.unsqueeze(2).eq(doc.unsqueeze(1)).logical_and(causal).unsqueeze(1);
+  }
+  if (cfg_.position == "alibi") {
+    // bias[h, i, j] = -slope_h * (i - j) for j <= i; -inf where not allowed.
+    at::Tensor idx = at::arange(T, pos.options()).to(at::kFloat);
+    at::Tensor dist = (idx.unsqueeze(1) - idx.unsqueeze(0));                                      // (T, T)
+    at::Tensor slopes = alibi_slopes(cfg_.num_heads).to(pos.device());                             // (H)
+    at::Tensor bias = -slopes.view({-1, 1, 1}) * dist.unsqueeze(0);                                // (H, T, T)
+    at::Tensor ok = allowed.defined() ? allowed : causal.view({1, 1, T, T});
+    ctx.mask = bias.unsqueeze(0).masked_fill(ok.logical_not(), -std::numeric_limits<float>::infinity());
+  } else if (allowed.defined()) {
+    ctx.mask = allowed;
+  }
+  ctx.causal = true;
+  return ctx;
+}
+
+at::Tensor LlamaImpl::forward(const Batch& batch, const at::Tensor& hidden_in) {
+  const at::TensorOptions opts = parameters().front().options();
+  // Shared, not a local: recomputation (activation checkpointing, ZeRO-3) runs the units
+  // again during backward, after this function has returned.
+  auto ctx = std::make_shared<AttentionContext>(attention_context(batch, opts));
+  auto run = [&](int64_t unit, const at::Tensor& x, const std::function<at::Tensor(const at::Tensor&)>& fn) {
+    return runner_ ? runner_(unit, x, fn) : fn(x);
+  };
+  int64_t unit = 0;
+  at::Tensor x;
+  if (stage_.has_embedding) {
+    x = run(unit++, batch.input_ids, [this](const at::Tensor& ids) { return embed_tokens(ids); });
+  } else {
+    KILN_CHECK(hidden_in.defined(), "a stage without the embedding needs hidden states");
+    x = hidden_in;
+  }
+  for (auto& layer : layers)
+    x = run(unit++, x, [ctx, layer](const at::Tensor& in) { return layer->forward(in, *ctx); });
+  if (!stage_.has_head) return x;
+  return run(unit++, x, [this](const at::Tensor& in) {
+    at::Tensor h = norm(in);
+    at::Tensor logits = lm_head ? lm_head(h) : at::linear(h, embed_tokens->weight);
+    return logits.to(at::kFloat);  // (B, T, V)
+  });
+}
+
+at::Tensor lm_loss_sum(const at::Tensor& logits, const at::Tensor& labels) {
+  return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), labels.reshape(-1),
+                                /*weight=*/{}, at::Reduction::Sum, /*ignore_index=*/kIgnoreIndex);
+}
+
+}  // namespace kiln

@@ -1,0 +1,217 @@
+// ZeroOptimizer stages 0-2 (see zero.h): the trained parameters laid end to end in one flat
+// fp32 space of n elements, padded to N = dp * S; rank r owns [r*S, (r+1)*S).
+#include "parallel/zero.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "models/llama.h"
+#include "parallel/communicator.h"
+#include "trainer/error.h"
+
+namespace kiln {
+
+struct ZeroOptimizer::Impl {
+  struct Param {
+    std::string name;
+    at::Tensor tensor;   // the model's tensor (compute dtype)
+    int64_t offset = 0;  // in the flat space
+    int64_t numel = 0;
+    bool decay = false;
+  };
+  Communicator& dp;
+  AdamWOptions hyper;
+  int stage;
+  int64_t bucket_elems;
+  std::vector<Param> params;
+  int64_t n = 0;            // real elements
+  int64_t shard = 0;        // S
+  int64_t begin = 0;        // this rank's range in the flat space: [begin, begin + len)
+  int64_t len = 0;
+  at::Tensor master, exp_avg, exp_avg_sq, decay_mask;  // (len) fp32
+  at::Tensor grad;                                     // (len) fp32, reduced
+
+  Impl(Communicator& c, AdamWOptions h, int s, int64_t bucket_bytes)
+      : dp(c), hyper(h), stage(s), bucket_elems(std::max<int64_t>(1, bucket_bytes / 4)) {}
+
+  // Full flat fp32 copy of the model's gradients (zeros where a grad is missing), padded to N.
+  at::Tensor flat_grads() const {
+    at::Tensor flat = at::zeros({shard * dp.size()}, at::kFloat);
+    for (const auto& p : params) {
+      const at::Tensor& g = p.tensor.grad();
+      if (g.defined()) flat.narrow(0, p.offset, p.numel).copy_(g.reshape(-1));
+    }
+    return flat;
+  }
+
+  // Writes flat values covering [0, N) into the model's tensors.
+  void scatter_to_model(const at::Tensor& full) {
+    at::NoGradGuard no_grad;
+    for (auto& p : params) p.tensor.copy_(full.narrow(0, p.offset, p.numel).view_as(p.tensor));
+  }
+
+  // The full flat master on every rank.
+  at::Tensor full_master() const {
+    if (stage == 0 || dp.size() == 1) return master;
+    at::Tensor full = at::empty({shard * dp.size()}, at::kFloat);
+    dp.all_gather(master, full);
+    return full;
+  }
+};
+
+ZeroOptimizer::ZeroOptimizer(LlamaImpl& model, Communicator& dp, int stage, int64_t bucket_bytes,
+                             AdamWOptions hyper)
+    : impl_(std::make_unique<Impl>(dp, hyper, stage, bucket_bytes)), stage_(stage) {
+  KILN_CHECK(stage >= 0 && stage <= 2, "ZeroOptimizer handles stages 0-2 here, got ", stage);
+  Impl& m = *impl_;
+  for (const auto& item : model.named_parameters()) {
+    if (!item.value().requires_grad()) continue;
+    Impl::Param p{item.key(), item.value(), m.n, item.value().numel(), item.value().dim() >= 2};
+    m.n += p.numel;
+    m.params.push_back(p);
+  }
+  const int64_t world = dp.size();
+  m.shard = (m.n + world - 1) / world;
+  m.begin = stage == 0 ? 0 : m.shard * dp.rank();
+  m.len = stage == 0 ? m.shard * world : m.shard;
+
+  at::Tensor full = at::zeros({m.shard * world}, at::kFloat);
+  at::Tensor mask = at::zeros({m.shard * world}, at::kFloat);
+  for (const auto& p : m.params) {
+    full.narrow(0, p.offset, p.numel).copy_(p.tensor.detach().reshape(-1).to(at::kFloat));
+    if (p.decay) mask.narrow(0, p.offset, p.numel).fill_(1.0);
+  }
+  m.master = full.narrow(0, m.begin, m.len).clone();
+  m.decay_mask = mask.narrow(0, m.begin, m.len).clone();
+  m.exp_avg = at::zeros_like(m.master);
+  m.exp_avg_sq = at::zeros_like(m.master);
+}
+
+ZeroOptimizer::~ZeroOptimizer() = default;
+
+void ZeroOptimizer::zero_grad() {
+  for (auto& p : impl_->params) p.tensor.mutable_grad() = at::Tensor();
+  impl_->grad = at::Tensor();
+}
+
+void ZeroOptimizer::reduce_gradients() {
+  Impl& m = *impl_;
+  const int world = m.dp.size();
+  at::Tensor flat = m.flat_grads();  // (N)
+  if (world == 1) {
+    m.grad = flat;
+  } else if (stage_ < 2) {
+    // Stage 0/1: all-reduce bucket by bucket, then keep what this rank updates.
+    for (int64_t off = 0; off < flat.numel(); off += m.bucket_elems) {
+      at::Tensor bucket = flat.narrow(0, off, std::min(m.bucket_elems, flat.numel() - off));
+      m.dp.all_reduce(bucket);
+    }
+    m.grad = flat.narrow(0, m.begin, m.len).clone();
+  } else {
+    // Stage 2: reduce-scatter. Bucket k holds the k-th piece of every rank's shard, so each
+    // rank receives the summed piece of its own shard.
+    m.grad = at::empty({m.shard}, at::kFloat);
+    at::Tensor by_rank = flat.view({world, m.shard});
+    for (int64_t off = 0; off < m.shard; off += m.bucket_elems) {
+      int64_t len = std::min(m.bucket_elems, m.shard - off);
+      at::Tensor in = by_rank.narrow(1, off, len).contiguous().view(-1);  // (world * len)
+      at::Tensor out = m.grad.narrow(0, off, len);
+      m.dp.reduce_scatter(in, out);
+    }
+  }
+  // The model's gradients are no longer needed: free them (the point of stage 2).
+  if (stage_ >= 2)
+    for (auto& p : m.params) p.tensor.mutable_grad() = at::Tensor();
+}
+
+double ZeroOptimizer::grad_norm() {
+  Impl& m = *impl_;
+  KILN_CHECK(m.grad.defined(), "grad_norm before reduce_gradients");
+  at::Tensor sq = m.grad.to(at::kDouble).pow(2).sum().reshape({1});
+  if (stage_ >= 1 && m.dp.size() > 1) m.dp.all_reduce(sq);
+  return std::sqrt(sq.item<double>());
+}
+
+void ZeroOptimizer::step(double lr, double grad_scale) {
+  Impl& m = *impl_;
+  KILN_CHECK(m.grad.defined(), "step before reduce_gradients");
+  at::NoGradGuard no_grad;
+  ++steps_;
+  const auto& h = m.hyper;
+  at::Tensor g = grad_scale == 1.0 ? m.grad : m.grad * grad_scale;
+  // torch.optim.AdamW order: decoupled decay, moments, bias-corrected update.
+  m.master.mul_(1.0 - lr * h.weight_decay * m.decay_mask);
+  m.exp_avg.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+  m.exp_avg_sq.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
+  const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(steps_));
+  const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(steps_));
+  at::Tensor denom = (m.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(h.eps);
+  m.master.addcdiv_(m.exp_avg, denom, -lr / bc1);
+  m.scatter_to_model(m.full_master());
+  m.grad = at::Tensor();
+}
+
+std::vector<TensorSlice> ZeroOptimizer::state_slices() const {
+  const Impl& m = *impl_;
+  std::vector<TensorSlice> out;
+  const int64_t end = m.begin + m.len;
+  for (const auto& p : m.params) {
+    int64_t a = std::max(p.offset, m.begin), b = std::min(p.offset + p.numel, end);
+    if (a >= b) continue;
+    std::vector<int64_t> shape = p.tensor.sizes().vec();
+    const std::pair<const char*, const at::Tensor*> kinds[] = {
+        {"master/", &m.master}, {"exp_avg/", &m.exp_avg}, {"exp_avg_sq/", &m.exp_avg_sq}};
+    for (const auto& [prefix, buf] : kinds)
+      out.push_back({prefix + p.name, shape, a - p.offset, b - p.offset,
+                     buf->narrow(0, a - m.begin, b - a).clone()});
+  }
+  return out;
+}
+
+void ZeroOptimizer::load_state(const std::vector<TensorSlice>& slices, int64_t steps) {
+  Impl& m = *impl_;
+  const int64_t end = m.begin + m.len;
+  const std::pair<const char*, at::Tensor*> kinds[] = {
+      {"master/", &m.master}, {"exp_avg/", &m.exp_avg}, {"exp_avg_sq/", &m.exp_avg_sq}};
+  for (const auto& p : m.params) {
+    int64_t a = std::max(p.offset, m.begin), b = std::min(p.offset + p.numel, end);
+    if (a >= b) continue;
+    for (const auto& [prefix, buf] : kinds) {
+      const std::string name = prefix + p.name;
+      int64_t covered = 0;
+      for (const auto& s : slices) {
+        if (s.name != name) continue;
+        if (s.global_shape != p.tensor.sizes().vec())
+          user_error("checkpoint tensor '", name, "' has shape ", at::IntArrayRef(s.global_shape),
+                     ", the model needs ", p.tensor.sizes());
+        // Overlap of the slice with what this rank needs, both in the parameter's flat index.
+        int64_t lo = std::max(s.flat_begin, a - p.offset), hi = std::min(s.flat_end, b - p.offset);
+        if (lo >= hi) continue;
+        buf->narrow(0, p.offset + lo - m.begin, hi - lo).copy_(s.data.narrow(0, lo - s.flat_begin, hi - lo));
+        covered += hi - lo;
+      }
+      if (covered < b - a)
+        user_error("checkpoint is missing part of '", name, "' (", covered, " of ", b - a, " elements found)");
+    }
+  }
+  steps_ = steps;
+  m.scatter_to_model(m.full_master());
+}
+
+std::vector<std::pair<std::string, at::Tensor>> ZeroOptimizer::gather_parameters() const {
+  const Impl& m = *impl_;
+  at::Tensor full = m.full_master();
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : m.params)
+    out.emplace_back(p.name, full.narrow(0, p.offset, p.numel).view(p.tensor.sizes()).clone());
+  return out;
+}
+
+int64_t ZeroOptimizer::resident_parameter_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& p : impl_->params) bytes += p.tensor.numel() * p.tensor.element_size();
+  return bytes;
+}
+
+}  // namespace kiln
