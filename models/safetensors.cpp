@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -88,6 +89,32 @@ std::string parent_dir(const std::string& path) {
   if (slash == std::string::npos) return ".";
   if (slash == 0) return "/";
   return path.substr(0, slash);
+}
+
+// PATH.tmp <- body(fd), fsync, rename to PATH, fsync the directory. The temporary is removed
+// on any failure, so PATH is either untouched or complete.
+void atomic_write(const std::string& path, const std::function<void(int, const std::string&)>& body) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) user_error(tmp, ": cannot create: ", errno_str());
+  try {
+    body(fd, tmp);
+    if (::fsync(fd) != 0) user_error(tmp, ": fsync failed: ", errno_str());
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  if (::close(fd) != 0) {
+    ::unlink(tmp.c_str());
+    user_error(tmp, ": close failed: ", errno_str());
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::string err = errno_str();
+    ::unlink(tmp.c_str());
+    user_error(path, ": cannot rename ", tmp, " into place: ", err);
+  }
+  fsync_dir(parent_dir(path));
 }
 
 }  // namespace
@@ -301,30 +328,16 @@ void write_safetensors(const std::string& path,
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t n = text.size();
 
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) user_error(tmp, ": cannot create: ", errno_str());
-  try {
+  atomic_write(path, [&](int fd, const std::string& tmp) {
     write_all(fd, &n, 8, tmp);
     write_all(fd, text.data(), text.size(), tmp);
     for (const at::Tensor& c : data)
       if (c.nbytes() > 0) write_all(fd, c.data_ptr(), c.nbytes(), tmp);
-    if (::fsync(fd) != 0) user_error(tmp, ": fsync failed: ", errno_str());
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  if (::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    user_error(tmp, ": close failed: ", errno_str());
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string err = errno_str();
-    ::unlink(tmp.c_str());
-    user_error(path, ": cannot rename ", tmp, " into place: ", err);
-  }
-  fsync_dir(parent_dir(path));
+  });
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  atomic_write(path, [&](int fd, const std::string& tmp) { write_all(fd, bytes.data(), bytes.size(), tmp); });
 }
 
 }  // namespace kiln

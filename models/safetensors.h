@@ -74,6 +74,9 @@ void write_safetensors(const std::string& path,
                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
+// Writes `bytes` to PATH with the same temp + fsync + rename protocol (JSON next to tensors).
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
 // "F32" <-> at::kFloat etc. UserError for a name outside the supported set.
 at::ScalarType safetensors_dtype(const std::string& name);
 std::string safetensors_dtype_name(at::ScalarType type);  // KILN_CHECK for unsupported types
