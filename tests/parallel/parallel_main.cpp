@@ -7,6 +7,7 @@
 // `--kiln-fault=exit|finalize|abort|hang [--kiln-timeout=S]` runs the dead-peer scenario
 // instead: rank 1 leaves (_Exit, std::exit, abort) or stalls between two all-reduces; the other
 // ranks must end non-zero within S seconds.
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
   if (!fault.empty()) return kiln::test::run_fault(fault, timeout_s);
 
   ::testing::InitGoogleTest(&argc, argv);
+  at::set_num_threads(1);  // up to 4 ranks share 2 cores
   kiln::test::g_world = kiln::make_world_communicator("mpi", /*cuda=*/false, /*timeout_s=*/60);
   if (launch.world_rank != 0) {
     ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
