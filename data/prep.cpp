@@ -166,7 +166,6 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, TokenStoreWriter&
       lengths.push_back(std::min<int64_t>(t.size() - 1, opt.seq_len > 0 ? opt.seq_len : t.size()));
       writer.append(t, r.sample.mask);
     }
-    tokens_done += 0;
     progress.update(src.name, bytes_done, tokens_done + tokens);
   }
   tokens_done += tokens;
@@ -295,11 +294,11 @@ json run_prep(const PrepOptions& opt) {
   }
 
   const fs::path out = fs::absolute(opt.out_dir);
-  if (fs::exists(out) && !is_token_store(out.string()) && !fs::is_empty(out))
+  if (fs::exists(out) && !is_token_store(out.string()) && !dir_is_empty(out.string()))
     user_error(opt.out_dir, ": exists and is not a token store; refusing to overwrite it");
   if (out.has_parent_path()) fs::create_directories(out.parent_path());
   const fs::path tmp = out.string() + ".tmp-" + std::to_string(::getpid());
-  fs::remove_all(tmp);
+  remove_tree(tmp.string());
   fs::create_directories(tmp);
   json stats = {{"sources", json::array()}};
   try {
@@ -336,10 +335,9 @@ json run_prep(const PrepOptions& opt) {
     const fs::path old = out.string() + ".old-" + std::to_string(::getpid());
     if (fs::exists(out)) fs::rename(out, old);
     fs::rename(tmp, out);
-    fs::remove_all(old);
+    remove_tree(old.string());
   } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
+    remove_tree(tmp.string());
     throw;
   }
   return stats;

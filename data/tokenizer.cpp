@@ -98,7 +98,13 @@ void train_tokenizer(const std::vector<std::string>& sentences, const TokenizerT
       {"vocab_size", std::to_string(opt.vocab_size)},
       {"model_type", opt.model_type},
       {"byte_fallback", "true"},
-      {"character_coverage", "0.9995"},
+      {"character_coverage", std::to_string(opt.character_coverage)},
+      // As Llama: no normalization, whitespace and newlines kept (chat templates depend on them).
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},
+      // No dummy "▁" before every encoded piece: templates encode text between special tokens
+      // piece by piece, and "<|im_start|>user" must not become "<|im_start|> user".
+      {"add_dummy_prefix", "false"},
       {"user_defined_symbols", symbols},
       {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"}, {"pad_id", "3"},
       {"input_sentence_size", std::to_string(opt.max_sentences)},

@@ -45,6 +45,7 @@ struct TokenizerTrainOptions {
   std::string model_type = "bpe";  // bpe | unigram | char | word
   int64_t max_sentences = 200000;  // sampled from the input when there are more
   int64_t threads = 2;
+  double character_coverage = 0.9995;
 };
 // Trains on `sentences` (already extracted text). Throws UserError on bad options.
 void train_tokenizer(const std::vector<std::string>& sentences, const TokenizerTrainOptions& opt);
