@@ -15,22 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "trainer/file_io.h"
+
 namespace kiln {
 
-// A read-only memory-mapped file (RAII: unmapped and closed on destruction).
-class MappedStoreFile {
- public:
-  explicit MappedStoreFile(const std::string& path);  // UserError when it cannot be opened
-  ~MappedStoreFile();
-  MappedStoreFile(const MappedStoreFile&) = delete;
-  MappedStoreFile& operator=(const MappedStoreFile&) = delete;
-  const void* data() const { return data_; }
-  size_t size() const { return size_; }
-
- private:
-  void* data_ = nullptr;
-  size_t size_ = 0;
-};
 
 // Appends documents to one source's three files; finish() flushes and fsyncs them.
 class TokenStoreWriter {
@@ -56,16 +44,16 @@ struct StoreSource {
   double weight = 1;   // its data.json weight
   int64_t docs = 0;
   int64_t tokens = 0;
-  std::unique_ptr<MappedStoreFile> tokens_file, mask_file, index_file;
+  std::unique_ptr<MappedFile> tokens_file, mask_file, index_file;
 
   int64_t doc_length(int64_t i) const { return offsets()[i + 1] - offsets()[i]; }
   const int32_t* doc_tokens(int64_t i) const {
-    return static_cast<const int32_t*>(tokens_file->data()) + offsets()[i];
+    return reinterpret_cast<const int32_t*>(tokens_file->data()) + offsets()[i];
   }
   const uint8_t* doc_mask(int64_t i) const {
-    return static_cast<const uint8_t*>(mask_file->data()) + offsets()[i];
+    return mask_file->data() + offsets()[i];
   }
-  const int64_t* offsets() const { return static_cast<const int64_t*>(index_file->data()); }
+  const int64_t* offsets() const { return reinterpret_cast<const int64_t*>(index_file->data()); }
 };
 
 // A prepared directory, memory-mapped. UserError when DIR is missing, incomplete or corrupt.
@@ -93,7 +81,5 @@ bool is_token_store(const std::string& dir);
 void remove_tree(const std::string& path);
 bool dir_is_empty(const std::string& path);  // true for a missing or empty directory
 
-// Writes `text` to `path` atomically: temp file, fsync, rename.
-void write_file_atomic(const std::string& path, const std::string& text);
 
 }  // namespace kiln

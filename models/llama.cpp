@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "models/recompute.h"
 #include "trainer/error.h"
 
 namespace kiln {
@@ -117,8 +118,15 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionContext& c
   }
   at::Tensor mask = ctx.mask;
   if (mask.defined() && mask.is_floating_point()) mask = mask.to(q.scalar_type());
-  at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0,
-                                                    /*is_causal=*/ctx.causal && !mask.defined());
+  const bool is_causal = ctx.causal && !mask.defined();
+  auto core = [is_causal](const std::vector<at::Tensor>& in) {  // in: q, k, v[, mask]
+    std::optional<at::Tensor> mask = in.size() > 3 ? std::optional<at::Tensor>(in[3]) : std::nullopt;
+    return at::scaled_dot_product_attention(in[0], in[1], in[2], mask, /*dropout_p=*/0.0, is_causal);
+  };
+  std::vector<at::Tensor> core_in{q, k, v};
+  if (mask.defined()) core_in.push_back(mask);
+  // Selective recomputation: keep only q, k, v; the (T x T) attention internals are redone.
+  at::Tensor out = recompute_core && q.requires_grad() ? recompute(core_in, core) : core(core_in);
   out = out.transpose(1, 2).reshape({B, T, num_heads_ * head_dim_});
   return o_proj(out);
 }
@@ -250,22 +258,24 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
 
 at::Tensor LlamaImpl::forward(const Batch& batch, const at::Tensor& hidden_in) {
   const at::TensorOptions opts = parameters().front().options();
-  AttentionContext ctx = attention_context(batch, opts);
+  // Shared, not a local: recomputation (activation checkpointing, ZeRO-3) runs the units
+  // again during backward, after this function has returned.
+  auto ctx = std::make_shared<AttentionContext>(attention_context(batch, opts));
   auto run = [&](int64_t unit, const at::Tensor& x, const std::function<at::Tensor(const at::Tensor&)>& fn) {
     return runner_ ? runner_(unit, x, fn) : fn(x);
   };
   int64_t unit = 0;
   at::Tensor x;
   if (stage_.has_embedding) {
-    x = run(unit++, batch.input_ids, [&](const at::Tensor& ids) { return embed_tokens(ids); });
+    x = run(unit++, batch.input_ids, [this](const at::Tensor& ids) { return embed_tokens(ids); });
   } else {
     KILN_CHECK(hidden_in.defined(), "a stage without the embedding needs hidden states");
     x = hidden_in;
   }
   for (auto& layer : layers)
-    x = run(unit++, x, [&](const at::Tensor& in) { return layer->forward(in, ctx); });
+    x = run(unit++, x, [ctx, layer](const at::Tensor& in) mutable { return layer->forward(in, *ctx); });
   if (!stage_.has_head) return x;
-  return run(unit++, x, [&](const at::Tensor& in) {
+  return run(unit++, x, [this](const at::Tensor& in) {
     at::Tensor h = norm(in);
     at::Tensor logits = lm_head ? lm_head(h) : at::linear(h, embed_tokens->weight);
     return logits.to(at::kFloat);  // (B, T, V)

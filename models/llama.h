@@ -65,6 +65,7 @@ class AttentionImpl : public torch::nn::Module {
   explicit AttentionImpl(const ModelConfig& cfg);
   at::Tensor forward(const at::Tensor& x, const AttentionContext& ctx);  // (B, T, h)
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  bool recompute_core = false;  // selective activation checkpointing
  private:
   int64_t num_heads_, num_kv_heads_, head_dim_;
 };

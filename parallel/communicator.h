@@ -59,6 +59,10 @@ struct LaunchInfo {
 // sets the log rank. Safe to call more than once.
 const LaunchInfo& launch_info();
 
+// The process layout as one line, e.g. "4 processes on 2 hosts: a [0-1], b [2-3] (mpirun)".
+// Collective under mpirun (every rank calls it); the trainer prints it once with log0.
+std::string launch_layout();
+
 // The world group. backend: "auto" (NCCL when CUDA tensors are used and NCCL is built, MPI
 // under mpirun, else single), "nccl", "mpi". timeout_s bounds every collective.
 std::unique_ptr<Communicator> make_world_communicator(const std::string& backend, bool cuda,

@@ -1,0 +1,462 @@
+// Hugging Face import/export: config.json parsing, weight loading (single file or shards,
+// Baichuan W_pack split) and atomic LlamaForCausalLM export. See hf.h.
+#include "models/hf.h"
+
+#include <ATen/core/grad_mode.h>
+#include <ftw.h>
+#include <torch/nn/module.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "models/safetensors.h"
+#include "trainer/error.h"
+
+namespace kiln {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// "a, b, c (and 7 more)"
+std::string some_names(const std::vector<std::string>& names, size_t max_shown = 4) {
+  std::string s;
+  for (size_t i = 0; i < names.size() && i < max_shown; ++i) s += (i ? ", " : "") + names[i];
+  if (names.size() > max_shown) s += str(" (and ", names.size() - max_shown, " more)");
+  return s;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+json read_json(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) user_error(path, ": cannot open");
+  try {
+    return json::parse(f);
+  } catch (const json::exception& e) {
+    user_error(path, ": not valid JSON: ", e.what());
+  }
+}
+
+// Typed access to config.json keys; null counts as absent, as transformers treats it.
+class ConfigReader {
+ public:
+  ConfigReader(const json& obj, std::string path, std::string prefix = "")
+      : obj_(obj), path_(std::move(path)), prefix_(std::move(prefix)) {}
+
+  bool has(const char* key) const { return obj_.contains(key) && !obj_.at(key).is_null(); }
+  const json& at(const char* key) const {
+    if (!has(key)) user_error(path_, ": missing required key '", prefix_, key, "'");
+    return obj_.at(key);
+  }
+  int64_t integer(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_number_integer()) user_error(path_, ": key '", prefix_, key, "' must be an integer, not ", v.dump());
+    return v.get<int64_t>();
+  }
+  int64_t positive(const char* key) const {
+    int64_t v = integer(key);
+    if (v <= 0) user_error(path_, ": key '", prefix_, key, "' must be positive, not ", v);
+    return v;
+  }
+  double number(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_number()) user_error(path_, ": key '", prefix_, key, "' must be a number, not ", v.dump());
+    return v.get<double>();
+  }
+  double number(const char* key, double def) const { return has(key) ? number(key) : def; }
+  bool boolean(const char* key, bool def) const {
+    if (!has(key)) return def;
+    const json& v = obj_.at(key);
+    if (!v.is_boolean()) user_error(path_, ": key '", prefix_, key, "' must be true or false, not ", v.dump());
+    return v.get<bool>();
+  }
+  std::string string(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_string()) user_error(path_, ": key '", prefix_, key, "' must be a string, not ", v.dump());
+    return v.get<std::string>();
+  }
+
+ private:
+  const json& obj_;
+  std::string path_, prefix_;
+};
+
+// rope_scaling (v4) or rope_parameters (v5) -> cfg.rope_theta, cfg.rope_scaling.
+void read_rope(const json& top, const std::string& path, ModelConfig& cfg) {
+  ConfigReader c(top, path);
+  cfg.rope_theta = c.number("rope_theta", 10000.0);
+  const char* key = c.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
+  if (!c.has(key)) return;
+  const json& r = c.at(key);
+  if (!r.is_object()) user_error(path, ": key '", key, "' must be an object, not ", r.dump());
+  ConfigReader rr(r, path, std::string(key) + ".");
+  if (rr.has("rope_theta")) cfg.rope_theta = rr.number("rope_theta");
+  std::string type;
+  if (rr.has("rope_type")) type = rr.string("rope_type");
+  else if (rr.has("type")) type = rr.string("type");
+  else user_error(path, ": missing required key '", key, ".rope_type'");
+
+  RopeScaling& s = cfg.rope_scaling;
+  if (type == "default") {
+    s = RopeScaling{};
+    return;
+  }
+  if (type != "linear" && type != "dynamic" && type != "llama3")
+    user_error(path, ": ", key, ".rope_type '", type,
+               "' is not supported (valid: default, linear, dynamic, llama3)");
+  s.type = type;
+  s.factor = rr.number("factor");
+  if (s.factor < 1.0) user_error(path, ": key '", key, ".factor' must be >= 1, not ", s.factor);
+  if (type == "dynamic") {
+    // transformers scales the base against max_position_embeddings for dynamic NTK.
+    s.original_max_seq_len = cfg.max_seq_len;
+  } else if (type == "llama3") {
+    s.low_freq_factor = rr.number("low_freq_factor");
+    s.high_freq_factor = rr.number("high_freq_factor");
+    s.original_max_seq_len = rr.positive("original_max_position_embeddings");
+    if (s.high_freq_factor <= s.low_freq_factor)
+      user_error(path, ": key '", key, ".high_freq_factor' (", s.high_freq_factor,
+                 ") must be larger than low_freq_factor (", s.low_freq_factor, ")");
+  }
+}
+
+int64_t tensor_bytes(const at::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); }
+
+std::string torch_dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    case at::kDouble: return "float64";
+    default: return c10::toString(t);
+  }
+}
+
+// rm -rf PATH. Not std::filesystem::remove_all: libtorch.so exports a broken copy of it that
+// the dynamic linker picks over libstdc++'s (it jumps to address 0).
+void remove_tree(const std::string& path) {
+  auto rm = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); };
+  if (::access(path.c_str(), F_OK) != 0) return;
+  if (::nftw(path.c_str(), rm, 16, FTW_DEPTH | FTW_PHYS) != 0)
+    user_error(path, ": cannot remove the stale temporary directory: ", std::strerror(errno));
+}
+
+json hf_config_json(const ModelConfig& cfg, const std::string& dtype) {
+  json rope = nullptr;
+  int64_t max_pos = cfg.max_seq_len;
+  const RopeScaling& s = cfg.rope_scaling;
+  const int64_t orig = s.original_max_seq_len > 0 ? s.original_max_seq_len : cfg.max_seq_len;
+  if (s.type == "linear") {
+    rope = {{"rope_type", "linear"}, {"factor", s.factor}};
+  } else if (s.type == "dynamic") {
+    rope = {{"rope_type", "dynamic"}, {"factor", s.factor}};
+    max_pos = orig;  // transformers' dynamic NTK measures growth against max_position_embeddings
+  } else if (s.type == "llama3") {
+    rope = {{"rope_type", "llama3"}, {"factor", s.factor}, {"low_freq_factor", s.low_freq_factor},
+            {"high_freq_factor", s.high_freq_factor}, {"original_max_position_embeddings", orig}};
+  } else {
+    KILN_CHECK(s.type == "none", "unknown rope scaling type '", s.type, "'");
+  }
+  return json{{"architectures", {"LlamaForCausalLM"}},
+              {"model_type", "llama"},
+              {"vocab_size", cfg.vocab_size},
+              {"hidden_size", cfg.hidden_size},
+              {"intermediate_size", cfg.ffn_size()},
+              {"num_hidden_layers", cfg.num_layers},
+              {"num_attention_heads", cfg.num_heads},
+              {"num_key_value_heads", cfg.kv_heads()},
+              {"head_dim", cfg.head_dim()},
+              {"max_position_embeddings", max_pos},
+              {"rms_norm_eps", cfg.norm_eps},
+              {"rope_theta", cfg.rope_theta},
+              {"rope_scaling", rope},
+              {"tie_word_embeddings", cfg.tie_embeddings},
+              {"hidden_act", "silu"},
+              {"attention_bias", false},
+              {"attention_dropout", 0.0},
+              {"mlp_bias", false},
+              {"initializer_range", cfg.init_std},
+              {"use_cache", true},
+              {"torch_dtype", dtype}};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+ModelConfig read_hf_config(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  if (!fs::is_directory(dir)) user_error(dir, ": not a directory (model.init_from hf:DIR needs an HF model directory)");
+  const json j = read_json(path);
+  if (!j.is_object()) user_error(path, ": must be a JSON object");
+  ConfigReader c(j, path);
+
+  ModelConfig cfg;
+  const std::string model_type = c.string("model_type");
+  if (model_type != "llama" && model_type != "baichuan")
+    user_error(path, ": model_type '", model_type, "' is not supported (valid: llama, baichuan)");
+  cfg.arch = model_type;
+  cfg.vocab_size = c.positive("vocab_size");
+  cfg.hidden_size = c.positive("hidden_size");
+  cfg.num_layers = c.positive("num_hidden_layers");
+  cfg.num_heads = c.positive("num_attention_heads");
+  cfg.num_kv_heads = c.has("num_key_value_heads") ? c.positive("num_key_value_heads") : cfg.num_heads;
+  cfg.ffn_hidden_size = c.positive("intermediate_size");
+  if (model_type == "baichuan" && !c.has("max_position_embeddings"))
+    cfg.max_seq_len = c.positive("model_max_length");
+  else
+    cfg.max_seq_len = c.positive("max_position_embeddings");
+  cfg.norm_eps = c.number("rms_norm_eps", 1e-6);
+  cfg.tie_embeddings = c.boolean("tie_word_embeddings", false);
+  cfg.init_std = c.number("initializer_range", 0.02);
+  // Baichuan-13B and Baichuan2-13B (hidden 5120) use ALiBi, the 7B models RoPE.
+  cfg.position = (model_type == "baichuan" && cfg.hidden_size == 5120) ? "alibi" : "rope";
+  read_rope(j, path, cfg);
+
+  if (cfg.hidden_size % cfg.num_heads != 0)
+    user_error(path, ": hidden_size ", cfg.hidden_size, " is not divisible by num_attention_heads ", cfg.num_heads);
+  if (cfg.num_heads % cfg.num_kv_heads != 0)
+    user_error(path, ": num_attention_heads ", cfg.num_heads, " is not divisible by num_key_value_heads ",
+               cfg.num_kv_heads);
+  if (c.has("head_dim") && c.integer("head_dim") != cfg.head_dim())
+    user_error(path, ": head_dim ", c.integer("head_dim"), " differs from hidden_size / num_attention_heads = ",
+               cfg.head_dim(), "; kiln supports only head_dim = hidden_size / num_attention_heads");
+  if (c.has("hidden_act") && c.string("hidden_act") != "silu")
+    user_error(path, ": hidden_act '", c.string("hidden_act"), "' is not supported (valid: silu)");
+  if (c.boolean("attention_bias", false)) user_error(path, ": attention_bias true is not supported (valid: false)");
+  if (c.boolean("mlp_bias", false)) user_error(path, ": mlp_bias true is not supported (valid: false)");
+  return cfg;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+HfWeights::HfWeights(const std::string& dir) : dir_(dir) {
+  const std::string single = dir + "/model.safetensors";
+  const std::string index = dir + "/model.safetensors.index.json";
+  if (fs::is_regular_file(single)) {
+    source_ = single;
+    files_.push_back(std::make_shared<SafetensorsFile>(single));
+    for (const std::string& name : files_[0]->names()) where_[name] = 0;
+    return;
+  }
+  if (!fs::is_regular_file(index)) {
+    if (!fs::is_directory(dir)) user_error(dir, ": not a directory");
+    user_error(dir, ": has neither model.safetensors nor model.safetensors.index.json (PyTorch .bin "
+               "checkpoints are not read; re-save with save_pretrained(safe_serialization=True))");
+  }
+  source_ = index;
+  const json j = read_json(index);
+  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+    user_error(index, ": missing 'weight_map' (an object of tensor name -> shard file)");
+  std::map<std::string, size_t> file_index;  // shard file name -> index into files_
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    if (!it.value().is_string())
+      user_error(index, ": weight_map['", it.key(), "'] must be a file name, not ", it.value().dump());
+    const std::string file = it.value().get<std::string>();
+    if (file.empty() || file[0] == '/' || file.find("..") != std::string::npos)
+      user_error(index, ": weight_map['", it.key(), "'] = '", file, "' must name a file inside ", dir);
+    auto [pos, inserted] = file_index.emplace(file, files_.size());
+    if (inserted) {
+      const std::string shard = dir + "/" + file;
+      if (!fs::is_regular_file(shard))
+        user_error(index, ": shard '", file, "' (for tensor '", it.key(), "') does not exist");
+      files_.push_back(std::make_shared<SafetensorsFile>(shard));
+    }
+    if (!files_[pos->second]->contains(it.key()))
+      user_error(index, ": tensor '", it.key(), "' is mapped to '", file, "', which does not hold it");
+    where_[it.key()] = pos->second;
+  }
+}
+
+std::vector<std::string> HfWeights::names() const {
+  std::vector<std::string> out;
+  for (const auto& kv : where_) out.push_back(kv.first);
+  return out;
+}
+
+const SafetensorsFile& HfWeights::file_of(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) user_error(source_, ": tensor '", name, "' not found");
+  return *files_[it->second];
+}
+
+at::Tensor HfWeights::tensor(const std::string& name) const { return file_of(name).tensor(name); }
+
+std::vector<int64_t> HfWeights::shape(const std::string& name) const { return file_of(name).info(name).shape; }
+
+// ---------------------------------------------------------------------------------------------
+
+void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool partial) {
+  HfWeights w(dir);
+  at::NoGradGuard no_grad;
+  const auto params = model.named_parameters(/*recurse=*/true);
+  std::set<std::string> used;
+  std::vector<std::string> missing;
+  static const char* kQkv[] = {"q_proj.weight", "k_proj.weight", "v_proj.weight"};
+
+  for (const auto& item : params) {
+    const std::string& name = item.key();
+    at::Tensor param = item.value();
+    at::Tensor src;
+    std::string from;
+    if (w.contains(name)) {
+      src = w.tensor(name);
+      from = w.file_of(name).path();
+      used.insert(name);
+    } else {
+      // Baichuan: model.layers.N.self_attn.W_pack.weight (3h, h) = [q; k; v].
+      for (int part = 0; part < 3 && !src.defined(); ++part) {
+        if (!ends_with(name, std::string("self_attn.") + kQkv[part])) continue;
+        const std::string pack = name.substr(0, name.size() - std::string(kQkv[part]).size()) + "W_pack.weight";
+        if (!w.contains(pack)) break;
+        at::Tensor packed = w.tensor(pack);
+        from = w.file_of(pack).path();
+        const std::vector<int64_t> want = {3 * param.size(0), param.size(1)};
+        if (packed.sizes().vec() != want)
+          user_error(from, ": tensor '", pack, "': shape ", shape_str(packed.sizes().vec()),
+                     " in the file, the model expects ", shape_str(want), " (q, k, v stacked)");
+        src = packed.narrow(/*dim=*/0, /*start=*/part * param.size(0), /*length=*/param.size(0));
+        used.insert(pack);
+      }
+      if (!src.defined()) {
+        missing.push_back(name);
+        continue;
+      }
+    }
+    if (src.sizes() != param.sizes())
+      user_error(from, ": tensor '", name, "': shape ", shape_str(src.sizes().vec()),
+                 " in the file, the model expects ", shape_str(param.sizes().vec()),
+                 " (does config.json match the model config?)");
+    if (!at::isFloatingType(src.scalar_type()))
+      user_error(from, ": tensor '", name, "': dtype ", c10::toString(src.scalar_type()),
+                 " cannot be loaded into a floating-point parameter");
+    param.copy_(src);
+  }
+
+  if (!missing.empty())
+    user_error(w.source(), ": tensor '", missing[0], "' is missing",
+               missing.size() > 1 ? str(" (", missing.size(), " missing in all: ", some_names(missing), ")") : "",
+               "; the model needs every one of its parameters");
+  if (partial) return;
+  const bool tied = !params.contains("lm_head.weight") && params.contains("model.embed_tokens.weight");
+  std::vector<std::string> unused;
+  for (const std::string& name : w.names()) {
+    if (used.count(name) || ends_with(name, "rotary_emb.inv_freq")) continue;
+    if (name == "lm_head.weight" && tied) continue;
+    unused.push_back(name);
+  }
+  if (!unused.empty())
+    user_error(w.source(), ": ", unused.size(), " tensor(s) in the file are not used by the model: ",
+               some_names(unused), " (does config.json match the model config?)");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> hf_parameter_shapes(const ModelConfig& cfg) {
+  const int64_t h = cfg.hidden_size, v = cfg.vocab_size, f = cfg.ffn_size();
+  const int64_t q = cfg.num_heads * cfg.head_dim(), kv = cfg.kv_heads() * cfg.head_dim();
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  out.push_back({"model.embed_tokens.weight", {v, h}});
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    const std::string p = str("model.layers.", i, ".");
+    out.push_back({p + "self_attn.q_proj.weight", {q, h}});
+    out.push_back({p + "self_attn.k_proj.weight", {kv, h}});
+    out.push_back({p + "self_attn.v_proj.weight", {kv, h}});
+    out.push_back({p + "self_attn.o_proj.weight", {h, q}});
+    out.push_back({p + "mlp.gate_proj.weight", {f, h}});
+    out.push_back({p + "mlp.up_proj.weight", {f, h}});
+    out.push_back({p + "mlp.down_proj.weight", {h, f}});
+    out.push_back({p + "input_layernorm.weight", {h}});
+    out.push_back({p + "post_attention_layernorm.weight", {h}});
+  }
+  out.push_back({"model.norm.weight", {h}});
+  if (!cfg.tie_embeddings) out.push_back({"lm_head.weight", {v, h}});
+  return out;
+}
+
+void save_hf(const std::vector<std::pair<std::string, at::Tensor>>& named, const ModelConfig& cfg,
+             const std::string& dir, int64_t max_shard_bytes) {
+  KILN_CHECK(max_shard_bytes > 0, "max_shard_bytes must be positive");
+  if (cfg.position == "alibi")
+    user_error(dir, ": cannot export an ALiBi model (Baichuan-13B) as LlamaForCausalLM, which has only RoPE");
+  // The tensors must be exactly the full model: a stage's or a shard's subset is a caller bug.
+  const auto expected = hf_parameter_shapes(cfg);
+  std::map<std::string, std::vector<int64_t>> want(expected.begin(), expected.end());
+  KILN_CHECK(named.size() == expected.size(), "save_hf: got ", named.size(), " tensors, the model has ",
+             expected.size());
+  for (const auto& [name, t] : named) {
+    auto it = want.find(name);
+    KILN_CHECK(it != want.end(), "save_hf: '", name, "' is not a parameter of the model");
+    KILN_CHECK(t.sizes().vec() == it->second, "save_hf: '", name, "' has shape ", shape_str(t.sizes().vec()),
+               ", expected ", shape_str(it->second));
+  }
+  if (fs::exists(dir) && !(fs::is_directory(dir) && fs::is_empty(dir)))
+    user_error(dir, ": already exists and is not empty; choose a new output directory");
+
+  // Greedy sharding in the given (transformers') order; a tensor larger than the limit gets a
+  // shard of its own.
+  std::vector<std::vector<size_t>> shards;  // [shard] indices into named
+  int64_t cur = 0, total = 0;
+  for (size_t i = 0; i < named.size(); ++i) {
+    const int64_t b = tensor_bytes(named[i].second);
+    if (shards.empty() || (cur + b > max_shard_bytes && cur > 0)) {
+      shards.emplace_back();
+      cur = 0;
+    }
+    shards.back().push_back(i);
+    cur += b;
+    total += b;
+  }
+
+  const std::string tmp = dir + ".tmp";
+  std::error_code ec;
+  remove_tree(tmp);  // a previous export that died half-way
+  if (!fs::create_directories(tmp, ec) && ec) user_error(tmp, ": cannot create directory: ", ec.message());
+
+  const std::map<std::string, std::string> meta = {{"format", "pt"}};
+  json weight_map = json::object();
+  for (size_t s = 0; s < shards.size(); ++s) {
+    std::string file = "model.safetensors";
+    if (shards.size() > 1) {
+      char buf[64];
+      std::snprintf(buf, sizeof(buf), "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+      file = buf;
+    }
+    std::vector<std::pair<std::string, at::Tensor>> part;
+    for (size_t i : shards[s]) {
+      part.push_back(named[i]);
+      weight_map[named[i].first] = file;
+    }
+    write_safetensors(tmp + "/" + file, part, meta);
+  }
+  if (shards.size() > 1) {
+    json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    write_file_atomic(tmp + "/model.safetensors.index.json", index.dump(2) + "\n");
+  }
+  const std::string dtype = named.empty() ? "float32" : torch_dtype_name(named[0].second.scalar_type());
+  write_file_atomic(tmp + "/config.json", hf_config_json(cfg, dtype).dump(2) + "\n");
+  fsync_dir(tmp);
+
+  fs::rename(tmp, dir, ec);  // replaces an empty DIR
+  if (ec) user_error(dir, ": cannot rename ", tmp, " into place: ", ec.message());
+  fsync_dir(fs::absolute(dir).parent_path().string());
+}
+
+}  // namespace kiln

@@ -1,0 +1,32 @@
+// What train, eval, generate and export share: picking the device and compute dtype, building
+// the model, and loading its weights from a checkpoint, a Hugging Face directory or a seed.
+#pragma once
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "models/llama.h"
+#include "trainer/config.h"
+
+namespace kiln {
+
+struct ComputeSetup {
+  c10::Device device = c10::Device(c10::kCPU);
+  c10::ScalarType dtype = c10::kFloat;  // compute dtype of the model's tensors
+};
+ComputeSetup compute_setup(const Config& cfg);
+
+// Copies tensors into the model's parameters by name (shape-checked, dtype converted).
+// `what` names the source in errors. Every model parameter must be present.
+void load_named_weights(LlamaImpl& model, const std::vector<std::pair<std::string, at::Tensor>>& named,
+                        const std::string& what);
+
+// A model with weights from, in order: the latest checkpoint under train.run_dir (when
+// prefer_run_dir), model.init_from (hf:DIR, ckpt:DIR), or a seeded random init. Returns the
+// model in fp32 on the CPU and fills `from` with where the weights came from.
+Llama build_model(const Config& cfg, bool prefer_run_dir, std::string* from);
+
+}  // namespace kiln

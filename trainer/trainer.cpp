@@ -1,0 +1,275 @@
+// The training loop (see trainer.h). One step: every micro-batch of this rank forward and
+// backward (loss = sum over trained tokens / trained tokens of the whole global batch, so
+// accumulation and data parallelism need no further scaling), gradients reduced over dp,
+// global-norm clipping, AdamW on the fp32 master, then the log line, metrics and checkpoint.
+#include "trainer/trainer.h"
+
+#include <ATen/ATen.h>
+#include <sys/resource.h>
+#include <torch/cuda.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "data/loader.h"
+#include "models/llama.h"
+#include "models/recompute.h"
+#include "parallel/communicator.h"
+#include "parallel/mesh.h"
+#include "parallel/zero.h"
+#include "trainer/checkpoint.h"
+#include "trainer/error.h"
+#include "trainer/log.h"
+#include "trainer/lr_schedule.h"
+#include "trainer/model_setup.h"
+
+namespace fs = std::filesystem;
+
+namespace kiln {
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  int64_t s = static_cast<int64_t>(seconds + 0.5);
+  if (s >= 3600) return str(s / 3600, "h", (s % 3600) / 60 < 10 ? "0" : "", (s % 3600) / 60, "m");
+  if (s >= 60) return str(s / 60, "m", s % 60 < 10 ? "0" : "", s % 60, "s");
+  return str(s, "s");
+}
+
+int64_t peak_memory_bytes(const c10::Device& device) {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;  // the CUDA allocator's peak: see bench/
+}
+
+// metrics.jsonl keeps the rows of steps <= `step` (a resumed run rewrites what follows).
+void truncate_metrics(const fs::path& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    try {
+      auto js = nlohmann::json::parse(line);
+      if (js.value("step", int64_t(0)) <= step) kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+      // a torn last line from a killed run: dropped
+    }
+  }
+  in.close();
+  std::ofstream out(path, std::ios::trunc);
+  out << kept;
+}
+
+void install_activation_checkpointing(LlamaImpl& model, const std::string& mode) {
+  if (mode == "selective") {
+    for (auto& layer : model.layers) layer->self_attn->recompute_core = true;
+  } else if (mode == "full") {
+    const int64_t first_layer = model.stage().has_embedding ? 1 : 0;
+    const int64_t end_layer = first_layer + static_cast<int64_t>(model.layers.size());
+    model.set_unit_runner([first_layer, end_layer](int64_t unit, const at::Tensor& x,
+                                                    const std::function<at::Tensor(const at::Tensor&)>& fn) {
+      if (unit < first_layer || unit >= end_layer || !at::GradMode::is_enabled()) return fn(x);
+      auto f = fn;
+      return recompute({x}, [f](const std::vector<at::Tensor>& in) { return f(in[0]); });
+    });
+  }
+}
+
+Batch to_device(Batch b, const c10::Device& device) {
+  if (device.is_cpu()) return b;
+  b.input_ids = b.input_ids.to(device, /*non_blocking=*/true);
+  b.labels = b.labels.to(device, /*non_blocking=*/true);
+  b.position_ids = b.position_ids.to(device, /*non_blocking=*/true);
+  return b;
+}
+
+}  // namespace
+
+TrainResult train(const Config& cfg, const TrainOptions& opts) {
+  const LaunchInfo& launch = launch_info();
+  ComputeSetup setup = compute_setup(cfg);
+  validate_layout(cfg, launch.world_size);
+  if (cfg.parallel.tp > 1 || cfg.parallel.pp > 1)
+    user_error("parallel.tp / parallel.pp > 1: tensor and pipeline parallelism are not in this build yet; "
+               "valid: tp: 1, pp: 1 (data parallel with parallel.zero 0-2)");
+  if (cfg.parallel.zero > 2) user_error("parallel.zero: 3 is not in this build yet; valid: 0 .. 2");
+  if (cfg.lora.rank > 0) user_error("lora.rank: LoRA is not in this build yet; valid: 0");
+  if (cfg.train.threads > 0) at::set_num_threads(static_cast<int>(cfg.train.threads));
+
+  Mesh mesh(make_world_communicator(cfg.parallel.backend, setup.device.is_cuda(), cfg.parallel.timeout_s),
+            static_cast<int>(cfg.parallel.tp), static_cast<int>(cfg.parallel.pp));
+  Communicator& dp = mesh.dp();
+  Communicator& world = mesh.world();
+  const int64_t dp_size = mesh.dp_size();
+  const int64_t accum = accumulation_steps(cfg, launch.world_size);
+  const int64_t global_batch = cfg.train.micro_batch_size * dp_size * accum;
+  const bool rank0 = world.rank() == 0;
+
+  const fs::path run_dir = cfg.train.run_dir;
+  const std::string config_yaml = to_yaml(cfg);
+  if (rank0) {
+    fs::create_directories(run_dir);
+    std::ofstream(run_dir / "config.yaml") << config_yaml;
+    log0("kiln train: ", cfg.source, " -> ", run_dir.string());
+    log0("layout: world ", launch.world_size, " = tp ", mesh.tp_size(), " x pp ", mesh.pp_size(), " x dp ", dp_size,
+         ", ZeRO-", cfg.parallel.zero, ", ", accum, " micro-batches of ", cfg.train.micro_batch_size,
+         " per rank per step, global batch ", global_batch, " x ", cfg.data.seq_len, " tokens, ",
+         setup.device.is_cuda() ? "cuda" : "cpu", " ", c10::toString(setup.dtype));
+  }
+
+  // Resume point: a checkpoint of this run, or an explicit directory.
+  std::string resume_dir;
+  if (cfg.train.resume == "auto") resume_dir = latest_checkpoint(cfg.train.run_dir);
+  else if (cfg.train.resume != "never") {
+    resume_dir = cfg.train.resume;
+    if (!fs::exists(fs::path(resume_dir) / "state.json"))
+      user_error("train.resume: ", resume_dir, " is not a checkpoint directory (no state.json); valid: auto | never | DIR");
+  }
+
+  std::string weights_from;
+  Llama model = build_model(cfg, /*prefer_run_dir=*/false, &weights_from);
+  ZeroOptimizer optimizer(*model, dp, static_cast<int>(cfg.parallel.zero), cfg.parallel.bucket_mb << 20,
+                          AdamWOptions{cfg.train.weight_decay, cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps});
+  DataLoader loader(cfg, mesh.coords().dp, dp_size, global_batch);
+
+  int64_t start_step = 0;
+  int64_t tokens_seen = 0;
+  if (!resume_dir.empty()) {
+    CheckpointState st = read_checkpoint_state(resume_dir);
+    optimizer.load_state(read_checkpoint_slices(resume_dir), st.step);
+    loader.restore(st.data.get<LoaderState>());
+    start_step = st.step;
+    tokens_seen = st.extra.value("tokens_seen", int64_t(0));
+    log0("resumed from ", resume_dir, " at step ", start_step);
+  } else {
+    log0("weights: ", weights_from);
+  }
+  model->to(setup.device, setup.dtype);
+  install_activation_checkpointing(*model, cfg.train.activation_checkpointing);
+  log0("model: ", model->config().num_parameters(), " parameters, ",
+       model->config().flops_per_token(cfg.data.seq_len) / 1e9, " GFLOP per token");
+
+  const fs::path metrics_path = run_dir / "metrics.jsonl";
+  std::ofstream metrics;
+  if (rank0) {
+    truncate_metrics(metrics_path, start_step);
+    metrics.open(metrics_path, std::ios::app);
+  }
+  g_stop_signal = 0;
+  auto old_term = std::signal(SIGTERM, on_stop_signal);
+  auto old_int = std::signal(SIGINT, on_stop_signal);
+
+  TrainResult result;
+  result.first_step = start_step;
+  const std::vector<std::string> sources = loader.source_names();
+  std::vector<int64_t> source_tokens(sources.size(), 0);
+  int64_t skipped_in_row = 0;
+  auto run_start = std::chrono::steady_clock::now();
+  int64_t steps_this_run = 0;
+
+  auto save = [&](int64_t step) {
+    CheckpointState st;
+    st.step = step;
+    st.data = loader.state();
+    st.extra = {{"tokens_seen", tokens_seen}, {"dp", dp_size}, {"zero", cfg.parallel.zero}};
+    save_checkpoint(cfg.train.run_dir, world, st, optimizer.gather_parameters(), optimizer.state_slices(),
+                    config_yaml, cfg.checkpoint.keep_last);
+  };
+
+  for (int64_t step = start_step; step < cfg.train.steps; ++step) {
+    auto t0 = std::chrono::steady_clock::now();
+    optimizer.zero_grad();
+    std::vector<Batch> batches;
+    batches.reserve(accum);
+    at::Tensor counts = at::zeros({2 + static_cast<int64_t>(sources.size())}, at::kDouble);
+    for (int64_t i = 0; i < accum; ++i) {
+      batches.push_back(loader.next());
+      counts[0] += static_cast<double>(batches.back().loss_tokens);
+      for (size_t s = 0; s < batches.back().source_tokens.size() && s < sources.size(); ++s)
+        counts[2 + s] += static_cast<double>(batches.back().source_tokens[s]);
+    }
+    // Loss tokens of the whole global batch: the loss divisor on every rank.
+    dp.all_reduce(counts);
+    const double global_loss_tokens = std::max(1.0, counts[0].item<double>());
+    double loss_part = 0;
+    for (auto& b : batches) {
+      Batch db = to_device(std::move(b), setup.device);
+      at::Tensor logits = model->forward(db);
+      at::Tensor loss = lm_loss_sum(logits, db.labels) / global_loss_tokens;
+      loss.backward();
+      loss_part += loss.item<double>();
+    }
+    optimizer.reduce_gradients();
+    const double norm = optimizer.grad_norm();
+    at::Tensor loss_t = at::full({1}, loss_part, at::kDouble);
+    dp.all_reduce(loss_t);
+    const double loss = loss_t.item<double>();
+    const double lr = lr_at(cfg.train, step);
+    if (!std::isfinite(norm)) {
+      // fp16 overflow or a bad batch: skip the update, stop after too many in a row.
+      ++skipped_in_row;
+      optimizer.zero_grad();
+      log0("step ", step + 1, ": non-finite gradient norm, update skipped (", skipped_in_row, " in a row)");
+      if (skipped_in_row > cfg.train.max_skipped_steps)
+        user_error("training diverged: ", skipped_in_row, " steps in a row with non-finite gradients "
+                   "(train.max_skipped_steps: ", cfg.train.max_skipped_steps, ")");
+    } else {
+      skipped_in_row = 0;
+      const double scale = cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip ? cfg.train.grad_clip / (norm + 1e-6) : 1.0;
+      optimizer.step(lr, scale);
+    }
+    const int64_t step_tokens = global_batch * cfg.data.seq_len;
+    tokens_seen += step_tokens;
+    for (size_t s = 0; s < sources.size(); ++s) source_tokens[s] += static_cast<int64_t>(counts[2 + s].item<double>());
+    result.losses.push_back(loss);
+    result.last_step = step + 1;
+    ++steps_this_run;
+
+    auto t1 = std::chrono::steady_clock::now();
+    const double dt = std::chrono::duration<double>(t1 - t0).count();
+    const double elapsed = std::chrono::duration<double>(t1 - run_start).count();
+    const double eta = elapsed / steps_this_run * (cfg.train.steps - step - 1);
+    if (rank0) {
+      nlohmann::json row = {{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
+                            {"loss_tokens", static_cast<int64_t>(global_loss_tokens)}, {"tokens", tokens_seen},
+                            {"tokens_per_s", step_tokens / dt}, {"step_s", dt},
+                            {"peak_mem_bytes", peak_memory_bytes(setup.device)}};
+      for (size_t s = 0; s < sources.size(); ++s) row["source_tokens"][sources[s]] = source_tokens[s];
+      metrics << row.dump() << "\n" << std::flush;
+      if ((step + 1) % cfg.train.log_every == 0 || step + 1 == cfg.train.steps) {
+        char line[256];
+        std::snprintf(line, sizeof(line), "step %lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | eta %s",
+                      static_cast<long long>(step + 1), static_cast<long long>(cfg.train.steps), loss, lr, norm,
+                      step_tokens / dt, format_duration(eta).c_str());
+        log0(line);
+      }
+    }
+
+    const bool last = step + 1 == cfg.train.steps;
+    const bool exit_now = opts.exit_after > 0 && steps_this_run >= opts.exit_after;
+    at::Tensor stop = at::full({1}, static_cast<double>(g_stop_signal.load()), at::kDouble);
+    world.all_reduce(stop, ReduceOp::Max);  // every rank stops at the same step
+    const bool signalled = stop.item<double>() > 0;
+    if (last || exit_now || signalled ||
+        (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0))
+      save(step + 1);
+    if (signalled) {
+      log0("stopping on signal after step ", step + 1, " (checkpoint saved; `kiln train` resumes)");
+      break;
+    }
+    if (exit_now && !last) break;
+  }
+  std::signal(SIGTERM, old_term);
+  std::signal(SIGINT, old_int);
+  return result;
+}
+
+}  // namespace kiln
