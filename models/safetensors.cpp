@@ -336,7 +336,7 @@ void write_safetensors(const std::string& path,
   });
 }
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
+void write_text_file_atomic(const std::string& path, const std::string& bytes) {
   atomic_write(path, [&](int fd, const std::string& tmp) { write_all(fd, bytes.data(), bytes.size(), tmp); });
 }
 

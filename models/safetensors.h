@@ -75,7 +75,7 @@ void write_safetensors(const std::string& path,
                        const std::map<std::string, std::string>& metadata = {});
 
 // Writes `bytes` to PATH with the same temp + fsync + rename protocol (JSON next to tensors).
-void write_file_atomic(const std::string& path, const std::string& bytes);
+void write_text_file_atomic(const std::string& path, const std::string& bytes);
 
 // "F32" <-> at::kFloat etc. UserError for a name outside the supported set.
 at::ScalarType safetensors_dtype(const std::string& name);

@@ -1,6 +1,7 @@
 // Hugging Face import/export: config.json parsing (every rope type, GQA, tied, v4 and v5
 // layouts, Baichuan), weight loading (single file, shards, W_pack, dtype conversion) with its
-// errors, and save_hf round trips. The parity test against transformers is test_hf_parity.cpp.
+// errors, save_hf round trips, and parity with transformers: kiln::Llama loaded from the
+// fixtures gives transformers' logits, loss and gradients (tests/fixtures/hf/make_fixture.py).
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <torch/torch.h>
 
 #include "models/hf.h"
+#include "models/llama.h"
 #include "models/safetensors.h"
 #include "trainer/error.h"
 
@@ -422,6 +424,116 @@ TEST_F(Hf, SaveRefusesNonEmptyDirectoryAndAlibi) {
   c.position = "alibi";
   expect_user_error([&] { save_hf(named, c, dir_ + "/alibi"); }, "cannot export an ALiBi model");
   EXPECT_FALSE(fs::exists(dir_ + "/alibi"));
+}
+
+// --- parity with transformers ---------------------------------------------------------------
+
+// max |a - b| / max |b|: the error relative to the reference's scale.
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).abs().max().item<double>() / b.abs().max().item<double>();
+}
+
+Batch fixture_batch(const SafetensorsFile& e, bool packed) {
+  Batch b;
+  b.input_ids = e.tensor("input_ids").clone();
+  b.labels = e.tensor("labels").clone();
+  b.position_ids = e.tensor("position_ids").clone();
+  b.packed = packed;
+  b.loss_tokens = b.labels.ne(kIgnoreIndex).sum().item<int64_t>();
+  return b;
+}
+
+// Loads the HF directory into kiln::Llama, runs the fixture batch and compares logits, loss and
+// every parameter's gradient with what transformers computed.
+void expect_parity(const std::string& weights, const std::string& expected, bool packed) {
+  SCOPED_TRACE(weights + " vs " + expected);
+  ModelConfig c = read_hf_config(weights);
+  torch::manual_seed(0);
+  Llama model(c);
+  load_hf_weights(*model, weights);
+  SafetensorsFile e(expected);
+  Batch b = fixture_batch(e, packed);
+  EXPECT_EQ(b.loss_tokens, packed ? 37 : 40);  // 2 x 23 next tokens minus the -100 labels
+
+  at::Tensor logits = model->forward(b);
+  at::Tensor ref = e.tensor("logits");
+  ASSERT_EQ(logits.sizes(), ref.sizes());
+  EXPECT_LE(rel_err(logits, ref), 1e-4);
+  EXPECT_GT(ref.abs().max().item<double>(), 1.0);  // a model that carries signal
+
+  at::Tensor loss = lm_loss_sum(logits, b.labels) / static_cast<double>(b.loss_tokens);
+  const double ref_loss = e.tensor("loss").item<double>();
+  EXPECT_NEAR(loss.item<double>(), ref_loss, 1e-5 * ref_loss);
+
+  loss.backward();
+  int64_t compared = 0;
+  for (const auto& p : model->named_parameters()) {
+    ASSERT_TRUE(p.value().grad().defined()) << p.key();
+    at::Tensor g = e.tensor("grad." + p.key());
+    ASSERT_EQ(p.value().grad().sizes(), g.sizes()) << p.key();
+    EXPECT_LE(rel_err(p.value().grad(), g), 1e-4) << p.key();
+    ++compared;
+  }
+  EXPECT_EQ(compared, static_cast<int64_t>(hf_parameter_shapes(c).size()));
+}
+
+TEST_F(Hf, ParityLinearRopeGqaUntied) {
+  expect_parity(kFixtures + "llama_linear", kFixtures + "llama_linear/expected.safetensors", false);
+}
+
+TEST_F(Hf, ParityLlama3Rope) {
+  expect_parity(kFixtures + "llama_llama3", kFixtures + "llama_llama3/expected.safetensors", false);
+}
+
+TEST_F(Hf, ParityDynamicRopeTied) {
+  expect_parity(kFixtures + "llama_dynamic_tied", kFixtures + "llama_dynamic_tied/expected.safetensors", false);
+}
+
+TEST_F(Hf, ParityShardedCheckpoint) {
+  expect_parity(kFixtures + "llama_linear_sharded", kFixtures + "llama_linear/expected.safetensors", false);
+}
+
+TEST_F(Hf, ParityPackedDocuments) {
+  expect_parity(kFixtures + "llama_linear", kFixtures + "llama_linear/expected_packed.safetensors", true);
+}
+
+// The fixtures exercise what they claim: without its rope scaling (or, for the packed batch,
+// without document masking) each model is far outside the parity tolerance.
+TEST_F(Hf, FixturesDependOnRopeScalingAndPacking) {
+  torch::NoGradGuard no_grad;
+  for (const char* name : {"llama_linear", "llama_llama3", "llama_dynamic_tied"}) {
+    ModelConfig c = read_hf_config(kFixtures + name);
+    c.rope_scaling = RopeScaling{};
+    Llama model(c);
+    load_hf_weights(*model, kFixtures + name);
+    SafetensorsFile e(kFixtures + name + "/expected.safetensors");
+    EXPECT_GT(rel_err(model->forward(fixture_batch(e, false)), e.tensor("logits")), 1e-3) << name;
+  }
+  ModelConfig c = read_hf_config(kFixtures + "llama_linear");
+  Llama model(c);
+  load_hf_weights(*model, kFixtures + "llama_linear");
+  SafetensorsFile e(kFixtures + "llama_linear/expected_packed.safetensors");
+  EXPECT_GT(rel_err(model->forward(fixture_batch(e, /*packed=*/false)), e.tensor("logits")), 1e-3);
+}
+
+TEST_F(Hf, SaveFromModelReloadsIdentically) {
+  ModelConfig c = read_hf_config(kFixtures + "llama_llama3");
+  Llama model(c);
+  load_hf_weights(*model, kFixtures + "llama_llama3");
+  auto params = model->named_parameters();
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& [name, shape] : hf_parameter_shapes(c)) named.emplace_back(name, params[name]);
+  const std::string out = dir_ + "/export";
+  save_hf(named, c, out, /*max_shard_bytes=*/200000);
+
+  torch::manual_seed(1);
+  Llama again(read_hf_config(out));
+  load_hf_weights(*again, out);
+  for (const auto& p : again->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), params[p.key()])) << p.key();
+  SafetensorsFile e(kFixtures + "llama_llama3/expected.safetensors");
+  Batch b = fixture_batch(e, false);
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::equal(again->forward(b), model->forward(b)));
 }
 
 }  // namespace
