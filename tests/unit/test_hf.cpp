@@ -4,6 +4,7 @@
 // fixtures gives transformers' logits, loss and gradients (tests/fixtures/hf/make_fixture.py).
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -11,7 +12,6 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <torch/torch.h>
 
 #include "models/hf.h"
 #include "models/llama.h"
@@ -80,12 +80,12 @@ class Hf : public ::testing::Test {
     return d;
   }
   static json llama_json() {
-    return json{{"model_type", "llama"},         {"vocab_size", 32000},
-                {"hidden_size", 4096},           {"num_hidden_layers", 32},
-                {"num_attention_heads", 32},     {"num_key_value_heads", 8},
-                {"intermediate_size", 11008},    {"max_position_embeddings", 4096},
-                {"rms_norm_eps", 1e-5},          {"rope_theta", 10000.0},
-                {"rope_scaling", nullptr},       {"tie_word_embeddings", false}};
+    return json{{"model_type", "llama"},      {"vocab_size", 32000},
+                {"hidden_size", 4096},        {"num_hidden_layers", 32},
+                {"num_attention_heads", 32},  {"num_key_value_heads", 8},
+                {"intermediate_size", 11008}, {"max_position_embeddings", 4096},
+                {"rms_norm_eps", 1e-5},       {"rope_theta", 10000.0},
+                {"rope_scaling", nullptr},    {"tie_word_embeddings", false}};
   }
   std::string dir_;
   int n_ = 0;
@@ -140,7 +140,7 @@ TEST_F(Hf, ReadsTransformersV4Layout) {
   j["rope_scaling"] = {{"type", "linear"}, {"factor", 4.0}};  // "type", not "rope_type"
   j["tie_word_embeddings"] = true;
   ModelConfig c = read_hf_config(config_dir(j));
-  EXPECT_EQ(c.num_kv_heads, 32);  // absent = multi-head attention
+  EXPECT_EQ(c.num_kv_heads, 32);       // absent = multi-head attention
   EXPECT_DOUBLE_EQ(c.norm_eps, 1e-6);  // transformers' default
   EXPECT_DOUBLE_EQ(c.rope_theta, 1e6);
   EXPECT_EQ(c.rope_scaling.type, "linear");
@@ -155,16 +155,16 @@ TEST_F(Hf, ReadsTransformersV4Layout) {
 
 TEST_F(Hf, ReadsBaichuanConfigs) {
   // Baichuan-7B: RoPE, max_position_embeddings.
-  json b7 = {{"model_type", "baichuan"}, {"vocab_size", 64000}, {"hidden_size", 4096},
-             {"num_hidden_layers", 32}, {"num_attention_heads", 32}, {"intermediate_size", 11008},
-             {"max_position_embeddings", 4096}, {"rms_norm_eps", 1e-6}, {"hidden_act", "silu"}};
+  json b7 = {{"model_type", "baichuan"},        {"vocab_size", 64000},       {"hidden_size", 4096},
+             {"num_hidden_layers", 32},         {"num_attention_heads", 32}, {"intermediate_size", 11008},
+             {"max_position_embeddings", 4096}, {"rms_norm_eps", 1e-6},      {"hidden_act", "silu"}};
   ModelConfig c7 = read_hf_config(config_dir(b7));
   EXPECT_EQ(c7.arch, "baichuan");
   EXPECT_EQ(c7.position, "rope");
   EXPECT_EQ(c7.kv_heads(), 32);
   // Baichuan-13B: ALiBi, context in model_max_length.
-  json b13 = {{"model_type", "baichuan"}, {"vocab_size", 64000}, {"hidden_size", 5120},
-              {"num_hidden_layers", 40}, {"num_attention_heads", 40}, {"intermediate_size", 13696},
+  json b13 = {{"model_type", "baichuan"}, {"vocab_size", 64000},       {"hidden_size", 5120},
+              {"num_hidden_layers", 40},  {"num_attention_heads", 40}, {"intermediate_size", 13696},
               {"model_max_length", 4096}, {"rms_norm_eps", 1e-6}};
   ModelConfig c13 = read_hf_config(config_dir(b13));
   EXPECT_EQ(c13.position, "alibi");
@@ -191,9 +191,12 @@ TEST_F(Hf, ConfigErrorsNameTheFileAndKey) {
   expect_user_error([&] { read_hf_config(d); }, "missing required key 'rope_parameters.factor'");
 
   j = llama_json();
-  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"high_freq_factor", 4.0},
+  j["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"high_freq_factor", 4.0},
                        {"original_max_position_embeddings", 8192}};
-  expect_user_error([&] { read_hf_config(config_dir(j)); }, "missing required key 'rope_scaling.low_freq_factor'");
+  expect_user_error([&] { read_hf_config(config_dir(j)); },
+                    "missing required key 'rope_scaling.low_freq_factor'");
 
   j = llama_json();
   j["model_type"] = "mistral";
@@ -201,17 +204,20 @@ TEST_F(Hf, ConfigErrorsNameTheFileAndKey) {
                     "model_type 'mistral' is not supported (valid: llama, baichuan)");
   j = llama_json();
   j["hidden_act"] = "gelu";
-  expect_user_error([&] { read_hf_config(config_dir(j)); }, "hidden_act 'gelu' is not supported (valid: silu)");
+  expect_user_error([&] { read_hf_config(config_dir(j)); },
+                    "hidden_act 'gelu' is not supported (valid: silu)");
   j = llama_json();
   j["head_dim"] = 256;
-  expect_user_error([&] { read_hf_config(config_dir(j)); }, "head_dim 256 differs from hidden_size / num_attention_heads = 128");
+  expect_user_error([&] { read_hf_config(config_dir(j)); },
+                    "head_dim 256 differs from hidden_size / num_attention_heads = 128");
   j = llama_json();
   j["num_key_value_heads"] = 5;
   expect_user_error([&] { read_hf_config(config_dir(j)); },
                     "num_attention_heads 32 is not divisible by num_key_value_heads 5");
   j = llama_json();
   j["hidden_size"] = "4096";
-  expect_user_error([&] { read_hf_config(config_dir(j)); }, "key 'hidden_size' must be an integer, not \"4096\"");
+  expect_user_error([&] { read_hf_config(config_dir(j)); },
+                    "key 'hidden_size' must be an integer, not \"4096\"");
   j = llama_json();
   j["attention_bias"] = true;
   expect_user_error([&] { read_hf_config(config_dir(j)); }, "attention_bias true is not supported");
@@ -292,37 +298,45 @@ TEST_F(Hf, LoadErrorsNameTensorAndShapes) {
   ModelConfig bigger = c;
   bigger.vocab_size = 100;
   expect_user_error([&] { load_hf_weights(*module_with(hf_parameter_shapes(bigger)), dir); },
-                    dir + "/model.safetensors: tensor 'model.embed_tokens.weight': shape [96, 64] in the "
-                          "file, the model expects [100, 64]");
+                    dir +
+                        "/model.safetensors: tensor 'model.embed_tokens.weight': shape [96, 64] in the "
+                        "file, the model expects [100, 64]");
   ModelConfig deeper = c;
   deeper.num_layers = 4;
   expect_user_error([&] { load_hf_weights(*module_with(hf_parameter_shapes(deeper)), dir); },
-                    dir + "/model.safetensors: tensor 'model.layers.3.self_attn.q_proj.weight' is missing "
-                          "(9 missing in all: ");
+                    dir +
+                        "/model.safetensors: tensor 'model.layers.3.self_attn.q_proj.weight' is missing "
+                        "(9 missing in all: ");
   ModelConfig shallower = c;
   shallower.num_layers = 2;
   expect_user_error([&] { load_hf_weights(*module_with(hf_parameter_shapes(shallower)), dir); },
-                    dir + "/model.safetensors: 9 tensor(s) in the file are not used by the model: "
-                          "model.layers.2.");
+                    dir +
+                        "/model.safetensors: 9 tensor(s) in the file are not used by the model: "
+                        "model.layers.2.");
   // A pipeline stage holding fewer layers loads what it has.
   auto stage = module_with(hf_parameter_shapes(shallower));
   load_hf_weights(*stage, dir, /*partial=*/true);
   SafetensorsFile f(dir + "/model.safetensors");
   EXPECT_TRUE(torch::equal(stage->named_parameters()["model.layers.1.input_layernorm.weight"],
                            f.tensor("model.layers.1.input_layernorm.weight")));
-  expect_user_error([&] { load_hf_weights(*stage, dir_); }, dir_ + ": has neither model.safetensors nor "
-                                                                   "model.safetensors.index.json");
+  expect_user_error([&] { load_hf_weights(*stage, dir_); }, dir_ +
+                                                                ": has neither model.safetensors nor "
+                                                                "model.safetensors.index.json");
 }
 
 TEST_F(Hf, BadShardIndexIsRejected) {
   const std::string d = dir_ + "/idx";
   fs::create_directories(d);
   write_safetensors(d + "/a.safetensors", {{"x", torch::ones({2})}});
-  write_text(d + "/model.safetensors.index.json", R"({"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}})");
+  write_text(d + "/model.safetensors.index.json",
+             R"({"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}})");
+  expect_user_error(
+      [&] { HfWeights w(d); },
+      d + "/model.safetensors.index.json: shard 'b.safetensors' (for tensor 'y') does not exist");
+  write_text(d + "/model.safetensors.index.json",
+             R"({"weight_map": {"x": "a.safetensors", "y": "a.safetensors"}})");
   expect_user_error([&] { HfWeights w(d); },
-                    d + "/model.safetensors.index.json: shard 'b.safetensors' (for tensor 'y') does not exist");
-  write_text(d + "/model.safetensors.index.json", R"({"weight_map": {"x": "a.safetensors", "y": "a.safetensors"}})");
-  expect_user_error([&] { HfWeights w(d); }, "tensor 'y' is mapped to 'a.safetensors', which does not hold it");
+                    "tensor 'y' is mapped to 'a.safetensors', which does not hold it");
   write_text(d + "/model.safetensors.index.json", R"({"weight_map": {"x": "../a.safetensors"}})");
   expect_user_error([&] { HfWeights w(d); }, "must name a file inside");
   write_text(d + "/model.safetensors.index.json", R"({"metadata": {}})");
@@ -334,9 +348,8 @@ TEST_F(Hf, SplitsBaichuanWPack) {
   const std::string d = dir_ + "/baichuan";
   fs::create_directories(d);
   at::Tensor pack = torch::arange(48, torch::kFloat).reshape({12, 4});
-  write_safetensors(d + "/model.safetensors",
-                    {{"model.layers.0.self_attn.W_pack.weight", pack},
-                     {"model.layers.0.self_attn.o_proj.weight", torch::eye(4)}});
+  write_safetensors(d + "/model.safetensors", {{"model.layers.0.self_attn.W_pack.weight", pack},
+                                               {"model.layers.0.self_attn.o_proj.weight", torch::eye(4)}});
   auto model = module_with({{"model.layers.0.self_attn.q_proj.weight", {4, 4}},
                             {"model.layers.0.self_attn.k_proj.weight", {4, 4}},
                             {"model.layers.0.self_attn.v_proj.weight", {4, 4}},
@@ -359,7 +372,8 @@ TEST_F(Hf, SplitsBaichuanWPack) {
 
 // --- export ---------------------------------------------------------------------------------
 
-std::vector<std::pair<std::string, at::Tensor>> fixture_tensors(const std::string& dir, const ModelConfig& c) {
+std::vector<std::pair<std::string, at::Tensor>> fixture_tensors(const std::string& dir,
+                                                                const ModelConfig& c) {
   HfWeights w(dir);
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& [name, shape] : hf_parameter_shapes(c)) named.emplace_back(name, w.tensor(name));
@@ -486,7 +500,8 @@ TEST_F(Hf, ParityLlama3Rope) {
 }
 
 TEST_F(Hf, ParityDynamicRopeTied) {
-  expect_parity(kFixtures + "llama_dynamic_tied", kFixtures + "llama_dynamic_tied/expected.safetensors", false);
+  expect_parity(kFixtures + "llama_dynamic_tied", kFixtures + "llama_dynamic_tied/expected.safetensors",
+                false);
 }
 
 TEST_F(Hf, ParityShardedCheckpoint) {
@@ -529,7 +544,8 @@ TEST_F(Hf, SaveFromModelReloadsIdentically) {
   torch::manual_seed(1);
   Llama again(read_hf_config(out));
   load_hf_weights(*again, out);
-  for (const auto& p : again->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), params[p.key()])) << p.key();
+  for (const auto& p : again->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), params[p.key()])) << p.key();
   SafetensorsFile e(kFixtures + "llama_llama3/expected.safetensors");
   Batch b = fixture_batch(e, false);
   torch::NoGradGuard no_grad;
