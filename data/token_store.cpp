@@ -13,31 +13,13 @@
 #include <nlohmann/json.hpp>
 
 #include "trainer/error.h"
+#include "trainer/file_io.h"
 
 namespace kiln {
 
 namespace fs = std::filesystem;
 
-MappedFile::MappedFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) user_error(path, ": cannot open (", std::strerror(errno), ")");
-  struct stat st {};
-  ::fstat(fd, &st);
-  size_ = static_cast<size_t>(st.st_size);
-  if (size_ > 0) {
-    data_ = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
-    if (data_ == MAP_FAILED) {
-      data_ = nullptr;
-      ::close(fd);
-      user_error(path, ": cannot memory-map (", std::strerror(errno), ")");
-    }
-  }
-  ::close(fd);  // the mapping keeps the file alive
-}
 
-MappedFile::~MappedFile() {
-  if (data_) ::munmap(data_, size_);
-}
 
 namespace {
 
@@ -116,8 +98,8 @@ TokenStore::TokenStore(const std::string& dir) : dir_(dir) {
       src.mask_file = std::make_unique<MappedFile>(prefix + ".mask");
       src.index_file = std::make_unique<MappedFile>(prefix + ".index");
       const size_t t = static_cast<size_t>(src.tokens);
-      if (src.tokens_file->size() != t * 4 || src.mask_file->size() != t ||
-          src.index_file->size() != static_cast<size_t>(src.docs + 1) * 8 ||
+      if (src.tokens_file->size() != static_cast<int64_t>(t * 4) || src.mask_file->size() != static_cast<int64_t>(t) ||
+          src.index_file->size() != (src.docs + 1) * 8 ||
           src.offsets()[src.docs] != src.tokens)
         user_error(prefix, ".*: sizes do not match manifest.json (", src.docs, " docs, ", src.tokens,
                    " tokens): the store is corrupt, rerun `kiln prep`");
@@ -129,14 +111,5 @@ TokenStore::TokenStore(const std::string& dir) : dir_(dir) {
   if (sources_.empty()) user_error(manifest_path.string(), ": no sources");
 }
 
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
-  std::FILE* f = open_write(tmp);
-  write_all(f, text.data(), text.size(), tmp);
-  sync_close(f, tmp);
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) user_error(path, ": cannot rename from ", tmp, " (", ec.message(), ")");
-}
 
 }  // namespace kiln

@@ -15,22 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "trainer/file_io.h"
+
 namespace kiln {
 
-// A read-only memory-mapped file (RAII: unmapped and closed on destruction).
-class MappedFile {
- public:
-  explicit MappedFile(const std::string& path);  // UserError when it cannot be opened
-  ~MappedFile();
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  const void* data() const { return data_; }
-  size_t size() const { return size_; }
-
- private:
-  void* data_ = nullptr;
-  size_t size_ = 0;
-};
 
 // Appends documents to one source's three files; finish() flushes and fsyncs them.
 class TokenStoreWriter {
@@ -60,12 +48,12 @@ struct StoreSource {
 
   int64_t doc_length(int64_t i) const { return offsets()[i + 1] - offsets()[i]; }
   const int32_t* doc_tokens(int64_t i) const {
-    return static_cast<const int32_t*>(tokens_file->data()) + offsets()[i];
+    return reinterpret_cast<const int32_t*>(tokens_file->data()) + offsets()[i];
   }
   const uint8_t* doc_mask(int64_t i) const {
-    return static_cast<const uint8_t*>(mask_file->data()) + offsets()[i];
+    return mask_file->data() + offsets()[i];
   }
-  const int64_t* offsets() const { return static_cast<const int64_t*>(index_file->data()); }
+  const int64_t* offsets() const { return reinterpret_cast<const int64_t*>(index_file->data()); }
 };
 
 // A prepared directory, memory-mapped. UserError when DIR is missing, incomplete or corrupt.
@@ -87,7 +75,5 @@ class TokenStore {
 // True when DIR holds a complete token store (its manifest.json exists).
 bool is_token_store(const std::string& dir);
 
-// Writes `text` to `path` atomically: temp file, fsync, rename.
-void write_file_atomic(const std::string& path, const std::string& text);
 
 }  // namespace kiln

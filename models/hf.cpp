@@ -468,10 +468,10 @@ void save_hf(const std::vector<std::pair<std::string, at::Tensor>>& named, const
   }
   if (shards.size() > 1) {
     json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    write_text_file_atomic(tmp + "/model.safetensors.index.json", index.dump(2) + "\n");
+    write_file_atomic(tmp + "/model.safetensors.index.json", index.dump(2) + "\n");
   }
   const std::string dtype = named.empty() ? "float32" : torch_dtype_name(named[0].second.scalar_type());
-  write_text_file_atomic(tmp + "/config.json", hf_config_json(cfg, dtype).dump(2) + "\n");
+  write_file_atomic(tmp + "/config.json", hf_config_json(cfg, dtype).dump(2) + "\n");
   fsync_dir(tmp);
 
   fs::rename(tmp, dir, ec);  // replaces an empty DIR

@@ -273,7 +273,7 @@ at::Tensor LlamaImpl::forward(const Batch& batch, const at::Tensor& hidden_in) {
     x = hidden_in;
   }
   for (auto& layer : layers)
-    x = run(unit++, x, [ctx, layer](const at::Tensor& in) { return layer->forward(in, *ctx); });
+    x = run(unit++, x, [ctx, layer](const at::Tensor& in) mutable { return layer->forward(in, *ctx); });
   if (!stage_.has_head) return x;
   return run(unit++, x, [this](const at::Tensor& in) {
     at::Tensor h = norm(in);

@@ -19,25 +19,9 @@
 #include <utility>
 #include <vector>
 
+#include "trainer/file_io.h"
+
 namespace kiln {
-
-// A read-only view of a whole file in memory; owns the mapping (and closes the fd at once).
-class MappedFile {
- public:
-  explicit MappedFile(const std::string& path);  // UserError when it cannot be opened
-  ~MappedFile();
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-
-  const uint8_t* data() const { return data_; }
-  int64_t size() const { return size_; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-  uint8_t* data_ = nullptr;
-  int64_t size_ = 0;
-};
 
 struct SafetensorsEntry {
   std::string dtype;           // F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL
@@ -74,15 +58,9 @@ void write_safetensors(const std::string& path,
                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
-// Writes `bytes` to PATH with the same temp + fsync + rename protocol (JSON next to tensors).
-void write_text_file_atomic(const std::string& path, const std::string& bytes);
-
 // "F32" <-> at::kFloat etc. UserError for a name outside the supported set.
 at::ScalarType safetensors_dtype(const std::string& name);
 std::string safetensors_dtype_name(at::ScalarType type);  // KILN_CHECK for unsupported types
 int64_t safetensors_itemsize(const std::string& name);
-
-// fsync a directory so a rename inside it survives a crash (used by writers of checkpoints).
-void fsync_dir(const std::string& dir);
 
 }  // namespace kiln

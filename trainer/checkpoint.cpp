@@ -29,20 +29,6 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
-// Text file written atomically: temp, fsync, rename, fsync dir.
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) user_error(tmp, ": cannot write (", std::strerror(errno), ")");
-  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  ok = std::fflush(f) == 0 && ok;
-  ok = fsync(fileno(f)) == 0 && ok;
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok) user_error(tmp, ": write failed (", std::strerror(errno), "), disk full?");
-  fs::rename(tmp, path);
-  fsync_dir(fs::path(path).parent_path().string());
-}
-
 std::string read_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) user_error(path, ": cannot read");

@@ -1,0 +1,145 @@
+// The verbs train, eval, plan, generate and export (prep and tokenizer live in data/).
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "models/hf.h"
+#include "parallel/communicator.h"
+#include "trainer/checkpoint.h"
+#include "trainer/cli.h"
+#include "trainer/config.h"
+#include "trainer/error.h"
+#include "trainer/log.h"
+#include "trainer/trainer.h"
+
+namespace kiln {
+namespace {
+
+Config config_from(const Args& a, const char* usage) {
+  if (a.help) {
+    std::printf("%s", usage);
+    std::exit(0);
+  }
+  if (a.positional.size() != 1) user_error("expected one CONFIG file\n", usage);
+  return load_config(a.positional[0], a.sets);
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) b /= 1024, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f %s", b, units[u]);
+  return buf;
+}
+
+}  // namespace
+
+int cmd_train(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"exit-after"}, {});
+  Config cfg = config_from(a,
+      "usage: kiln train CONFIG [--set key.path=value ...] [--exit-after N]\n"
+      "  Trains as the config says: one process, or every rank of an mpirun job.\n"
+      "  Resumes from the latest checkpoint in train.run_dir (train.resume: auto).\n"
+      "  --exit-after N   stop cleanly with a checkpoint after N steps of this run\n"
+      "  SIGTERM / Ctrl-C save a checkpoint at the end of the current step and exit.\n");
+  launch_info();
+  log0("resolved config:\n", to_yaml(cfg));
+  TrainOptions opts;
+  opts.exit_after = a.get_int("exit-after", 0);
+  TrainResult r = train(cfg, opts);
+  if (!r.losses.empty())
+    log0("done: steps ", r.first_step, " -> ", r.last_step, ", last loss ", r.losses.back());
+  return 0;
+}
+
+int cmd_eval(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {}, {});
+  Config cfg = config_from(a,
+      "usage: kiln eval CONFIG [--set key.path=value ...]\n"
+      "  Mean loss over the trained tokens of data.eval, with the weights of the latest checkpoint\n"
+      "  in train.run_dir (or model.init_from). Prints one JSON line: {\"loss\": L, \"tokens\": N}.\n");
+  EvalResult r = evaluate(cfg);
+  std::cout << nlohmann::json{{"loss", r.loss}, {"tokens", r.tokens}}.dump() << std::endl;
+  return 0;
+}
+
+int cmd_plan(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"world"}, {"explain"});
+  if (a.has("explain")) {
+    std::printf("%s", describe_keys().c_str());
+    return 0;
+  }
+  Config cfg = config_from(a,
+      "usage: kiln plan CONFIG [--set key.path=value ...] [--world N] [--explain]\n"
+      "  Validates the config for N processes (default: this launch's), prints the resolved\n"
+      "  config, parameter count, FLOPs per token and per-rank memory.  --explain lists every key.\n");
+  const int64_t world = a.has("world") ? a.get_int("world", 1) : launch_info().world_size;
+  validate_layout(cfg, world);
+  const ModelConfig& m = cfg.model;
+  const auto& p = cfg.parallel;
+  const int64_t dp = data_parallel_size(cfg, world);
+  const double n = static_cast<double>(m.num_parameters());
+  const bool gpu = cfg.train.device == "cuda";
+  const double bytes = cfg.train.precision == "fp32" || (cfg.train.precision == "auto" && !gpu) ? 4 : 2;
+  const double per_rank_params = n / (p.tp * p.pp);
+  const double param_b = per_rank_params * bytes / (p.zero >= 3 ? dp : 1);
+  const double grad_b = per_rank_params * 4 / (p.zero >= 2 ? dp : 1);
+  const double optim_b = per_rank_params * 12 / (p.zero >= 1 ? dp : 1);
+  // Activations per layer per sequence (Korthikanti et al.): T*h*(34 + 5*H*T/h) bytes at 16 bit.
+  const double T = static_cast<double>(cfg.data.seq_len), h = static_cast<double>(m.hidden_size);
+  const double layers = static_cast<double>(m.num_layers) / p.pp;
+  double per_layer = T * h * (34 + 5 * m.num_heads * T / h) * bytes / 2 / p.tp;
+  if (cfg.train.activation_checkpointing == "selective") per_layer = T * h * 34 * bytes / 2 / p.tp;
+  double act_b = per_layer * layers * cfg.train.micro_batch_size;
+  if (cfg.train.activation_checkpointing == "full")
+    act_b = (T * h * bytes * layers + per_layer) * cfg.train.micro_batch_size;
+
+  std::printf("%s", to_yaml(cfg).c_str());
+  std::printf("\n# plan for %lld processes\n", static_cast<long long>(world));
+  std::printf("layout:            tp %lld x pp %lld x dp %lld, ZeRO-%lld, %lld micro-batches per step\n",
+              (long long)p.tp, (long long)p.pp, (long long)dp, (long long)p.zero,
+              (long long)accumulation_steps(cfg, world));
+  std::printf("parameters:        %.0f (%.3f B)\n", n, n / 1e9);
+  std::printf("flops per token:   %.4g (training, seq %lld)\n", m.flops_per_token(cfg.data.seq_len),
+              (long long)cfg.data.seq_len);
+  std::printf("memory per rank:   params %s | grads %s | optimizer %s | activations ~%s | total ~%s\n",
+              human_bytes(param_b).c_str(), human_bytes(grad_b).c_str(), human_bytes(optim_b).c_str(),
+              human_bytes(act_b).c_str(), human_bytes(param_b + grad_b + optim_b + act_b).c_str());
+  return 0;
+}
+
+int cmd_generate(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"prompt"}, {});
+  Config cfg = config_from(a,
+      "usage: kiln generate CONFIG --prompt TEXT [--set generate.temperature=0.8 ...]\n"
+      "  Continues TEXT with the latest checkpoint of train.run_dir (or model.init_from).\n"
+      "  Greedy by default; generate.temperature / top_k / top_p / max_new_tokens sample.\n");
+  if (!a.has("prompt")) user_error("--prompt TEXT is required");
+  std::string prompt = a.get("prompt");
+  std::cout << prompt << generate_text(cfg, prompt) << std::endl;
+  return 0;
+}
+
+int cmd_export(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"out", "format"}, {});
+  const char* usage =
+      "usage: kiln export CHECKPOINT_DIR|RUN_DIR --out DIR [--format hf]\n"
+      "  Writes the checkpoint's weights as a Hugging Face model (config.json + safetensors).\n";
+  if (a.help) {
+    std::printf("%s", usage);
+    return 0;
+  }
+  if (a.positional.size() != 1 || !a.has("out")) user_error("expected a checkpoint and --out DIR\n", usage);
+  const std::string format = a.get("format", "hf");
+  if (format != "hf") user_error("--format ", format, ": valid: hf (peft arrives with LoRA)");
+  std::string dir = a.positional[0];
+  std::string latest = latest_checkpoint(dir);  // a run dir: its latest checkpoint
+  if (!latest.empty()) dir = latest;
+  Config cfg = load_config(dir + "/config.yaml");
+  save_hf(read_checkpoint_weights(dir), cfg.model, a.get("out"));
+  log0("exported ", dir, " -> ", a.get("out"));
+  return 0;
+}
+
+}  // namespace kiln

@@ -1,0 +1,91 @@
+// eval and generate: the model with its trained weights (latest checkpoint of the run, or
+// model.init_from) run without gradients.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "data/loader.h"
+#include "data/tokenizer.h"
+#include "models/llama.h"
+#include "parallel/communicator.h"
+#include "trainer/error.h"
+#include "trainer/log.h"
+#include "trainer/model_setup.h"
+#include "trainer/trainer.h"
+
+namespace kiln {
+
+EvalResult evaluate(const Config& cfg) {
+  if (cfg.data.eval.empty()) user_error("data.eval: not set; name the eval data (a .jsonl, data.json or prepared dir)");
+  ComputeSetup setup = compute_setup(cfg);
+  std::string from;
+  Llama model = build_model(cfg, /*prefer_run_dir=*/true, &from);
+  model->to(setup.device, setup.dtype);
+  model->eval();
+  log0("eval: weights from ", from);
+  at::NoGradGuard no_grad;
+  EvalLoader loader(cfg, 0, 1);
+  double loss_sum = 0;
+  int64_t tokens = 0;
+  Batch b;
+  while (loader.next(b)) {
+    at::Tensor logits = model->forward(Batch{b.input_ids.to(setup.device), b.labels.to(setup.device),
+                                             b.position_ids.to(setup.device), b.packed, b.loss_tokens, {}});
+    loss_sum += lm_loss_sum(logits, b.labels.to(setup.device)).item<double>();
+    tokens += b.loss_tokens;
+  }
+  if (tokens == 0) user_error("data.eval: ", cfg.data.eval, " has no trained tokens");
+  return {loss_sum / static_cast<double>(tokens), tokens};
+}
+
+std::string generate_text(const Config& cfg, const std::string& prompt) {
+  if (cfg.tokenizer.empty()) user_error("tokenizer: not set; generate needs the sentencepiece model");
+  Tokenizer tok(cfg.tokenizer);
+  ComputeSetup setup = compute_setup(cfg);
+  std::string from;
+  Llama model = build_model(cfg, /*prefer_run_dir=*/true, &from);
+  model->to(setup.device, setup.dtype);
+  model->eval();
+  log0("generate: weights from ", from);
+  at::NoGradGuard no_grad;
+  at::manual_seed(static_cast<uint64_t>(cfg.train.seed));
+
+  std::vector<int32_t> ids = tok.encode(prompt);
+  ids.insert(ids.begin(), tok.bos_id());
+  const size_t prompt_len = ids.size();
+  const auto& g = cfg.generate;
+  for (int64_t i = 0; i < g.max_new_tokens; ++i) {
+    // The window the model serves: the last max_seq_len tokens (no KV cache: small models).
+    const size_t start = ids.size() > static_cast<size_t>(cfg.model.max_seq_len) ? ids.size() - cfg.model.max_seq_len : 0;
+    std::vector<int64_t> window(ids.begin() + start, ids.end());
+    const int64_t T = static_cast<int64_t>(window.size());
+    Batch b;
+    b.input_ids = at::tensor(window, at::kLong).view({1, T}).to(setup.device);
+    b.position_ids = at::arange(T, at::kLong).view({1, T}).to(setup.device);
+    b.labels = at::full({1, T}, kIgnoreIndex, at::kLong).to(setup.device);
+    at::Tensor logits = model->forward(b).select(1, T - 1).squeeze(0).to(at::kFloat).cpu();  // (V)
+    int64_t next;
+    if (g.temperature <= 0) {
+      next = logits.argmax().item<int64_t>();
+    } else {
+      at::Tensor scores = logits / g.temperature;
+      if (g.top_k > 0 && g.top_k < scores.numel()) {
+        at::Tensor kth = std::get<0>(scores.topk(g.top_k)).min();
+        scores = scores.masked_fill(scores < kth, -std::numeric_limits<float>::infinity());
+      }
+      at::Tensor probs = scores.softmax(0);
+      if (g.top_p < 1.0) {
+        auto [sorted, order] = probs.sort(/*dim=*/0, /*descending=*/true);
+        at::Tensor cum = sorted.cumsum(0);
+        at::Tensor drop = (cum - sorted) > g.top_p;  // keep the smallest prefix reaching top_p
+        probs = probs.scatter(0, order, sorted.masked_fill(drop, 0.0));
+      }
+      next = at::multinomial(probs, 1).item<int64_t>();
+    }
+    if (next == tok.eos_id()) break;
+    ids.push_back(static_cast<int32_t>(next));
+  }
+  return tok.decode(std::vector<int32_t>(ids.begin() + prompt_len, ids.end()));
+}
+
+}  // namespace kiln
