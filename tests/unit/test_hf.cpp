@@ -427,6 +427,23 @@ TEST_F(Hf, SaveRoundTripsSingleAndSharded) {
   }
 }
 
+TEST_F(Hf, Bf16CheckpointLoadsIntoFp32Model) {
+  // Most published checkpoints are bf16: export one, check its config, load it into fp32.
+  ModelConfig c = read_hf_config(kFixtures + "llama_linear");
+  auto named = fixture_tensors(kFixtures + "llama_linear", c);
+  for (auto& kv : named) kv.second = kv.second.to(torch::kBFloat16);
+  const std::string out = dir_ + "/bf16";
+  save_hf(named, c, out);
+  json cfg = json::parse(std::ifstream(out + "/config.json"));
+  EXPECT_EQ(cfg["torch_dtype"], "bfloat16");
+  EXPECT_EQ(SafetensorsFile(out + "/model.safetensors").info("lm_head.weight").dtype, "BF16");
+  auto model = module_with(hf_parameter_shapes(c));
+  load_hf_weights(*model, out);
+  auto p = model->named_parameters()["lm_head.weight"];
+  EXPECT_EQ(p.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(p, named.back().second.to(torch::kFloat)));
+}
+
 TEST_F(Hf, SaveRefusesNonEmptyDirectoryAndAlibi) {
   ModelConfig c = read_hf_config(kFixtures + "llama_linear");
   auto named = fixture_tensors(kFixtures + "llama_linear", c);
