@@ -120,8 +120,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionContext& c
   if (mask.defined() && mask.is_floating_point()) mask = mask.to(q.scalar_type());
   const bool is_causal = ctx.causal && !mask.defined();
   auto core = [is_causal](const std::vector<at::Tensor>& in) {  // in: q, k, v[, mask]
-    return at::scaled_dot_product_attention(in[0], in[1], in[2], in.size() > 3 ? in[3] : at::Tensor(),
-                                            /*dropout_p=*/0.0, is_causal);
+    std::optional<at::Tensor> mask = in.size() > 3 ? std::optional<at::Tensor>(in[3]) : std::nullopt;
+    return at::scaled_dot_product_attention(in[0], in[1], in[2], mask, /*dropout_p=*/0.0, is_causal);
   };
   std::vector<at::Tensor> core_in{q, k, v};
   if (mask.defined()) core_in.push_back(mask);

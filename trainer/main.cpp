@@ -4,6 +4,8 @@
 #include <exception>
 #include <string>
 
+#include <c10/util/Exception.h>
+
 #include "trainer/cli.h"
 #include "trainer/error.h"
 #include "trainer/log.h"
@@ -45,6 +47,11 @@ int main(int argc, char** argv) {
     } catch (const kiln::UserError& e) {
       std::fprintf(stderr, "%skiln %s: error: %s\n", kiln::rank_prefix().c_str(), v.name, e.what());
       return 2;
+    } catch (const c10::Error& e) {
+      // A LibTorch check: its message without the C++ backtrace.
+      std::fprintf(stderr, "%skiln %s: internal error: %s\n", kiln::rank_prefix().c_str(), v.name,
+                   e.what_without_backtrace());
+      return 3;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "%skiln %s: internal error: %s\n", kiln::rank_prefix().c_str(), v.name,
                    e.what());
