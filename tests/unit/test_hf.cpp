@@ -449,7 +449,11 @@ TEST_F(Hf, SaveRefusesNonEmptyDirectoryAndAlibi) {
   auto named = fixture_tensors(kFixtures + "llama_linear", c);
   const std::string out = dir_ + "/out";
   fs::create_directories(out);  // empty: fine
+  fs::create_directories(out + ".tmp/stale/deeper");  // an export that died half-way
+  write_text(out + ".tmp/stale/deeper/model-00001-of-00002.safetensors", "junk");
   save_hf(named, c, out);
+  EXPECT_FALSE(fs::exists(out + ".tmp"));
+  EXPECT_FALSE(fs::exists(out + "/stale"));
   EXPECT_TRUE(fs::exists(out + "/model.safetensors"));
   expect_user_error([&] { save_hf(named, c, out); }, out + ": already exists and is not empty");
   c.position = "alibi";
