@@ -320,8 +320,20 @@ std::vector<int64_t> HfWeights::shape(const std::string& name) const {
 
 // ---------------------------------------------------------------------------------------------
 
+// Baichuan2 (model_type baichuan, vocab 125696; Baichuan 1 has 64000) computes logits with a
+// NormHead: the L2-normalised rows of lm_head.weight. kiln's plain head loads the normalised rows,
+// as the usual Baichuan2 -> Llama conversion does, so the loaded model gives the same logits.
+static bool has_norm_head(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  if (!fs::is_regular_file(path)) return false;
+  const json j = read_json(path);
+  if (!j.is_object() || !j.contains("model_type") || !j.contains("vocab_size")) return false;
+  return j["model_type"] == "baichuan" && j["vocab_size"] == 125696;
+}
+
 void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool partial) {
   HfWeights w(dir);
+  const bool norm_head = has_norm_head(dir);
   at::NoGradGuard no_grad;
   const auto params = model.named_parameters(/*recurse=*/true);
   std::set<std::string> used;
@@ -365,6 +377,10 @@ void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool part
     if (!at::isFloatingType(src.scalar_type()))
       user_error(from, ": tensor '", name, "': dtype ", c10::toString(src.scalar_type()),
                  " cannot be loaded into a floating-point parameter");
+    if (norm_head && name == "lm_head.weight") {
+      at::Tensor rows = src.to(at::kFloat);  // (V, h)
+      src = rows / rows.norm(/*p=*/2, /*dim=*/{1}, /*keepdim=*/true).clamp_min(1e-12);
+    }
     param.copy_(src);
   }
 
