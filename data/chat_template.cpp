@@ -38,23 +38,23 @@ ChatTemplate chat_template(const std::string& name, const std::map<std::string, 
                            const std::string& key) {
   ChatTemplate t;
   t.name = name;
-  if (name == "firefly") {  // <s>input</s>target</s>input</s>target</s>
-    t.system = "{content}";
+  if (name == "firefly") {  // <s>input</s>target</s>input</s>target</s> (a system as <s>system</s>...)
+    t.system = "{content}</s>";
     t.user = "{content}</s>";
     t.assistant = "{content}";
     t.end_of_turn = "</s>";
   } else if (name == "xuanyuan") {  // FastChat: "{system} Human: q Assistant: a</s>Human: ..."
     t.default_system = kXuanyuanSystem;
     t.system = "{content} ";
-    t.user = "Human: {content} Assistant: ";
-    t.assistant = "{content}";
+    t.user = "Human: {content} Assistant:";
+    t.assistant = " {content}";
     t.end_of_turn = "</s>";
   } else if (name == "llama2") {  // <s>[INST] <<SYS>>\nsys\n<</SYS>>\n\nq [/INST] a</s><s>[INST] ...
     t.bos = false;
     t.system = "<<SYS>>\n{content}\n<</SYS>>\n\n";
     t.system_in_first_user = true;
     t.user = "<s>[INST] {content} [/INST]";
-    t.assistant = "{content}";
+    t.assistant = " {content}";
     t.end_of_turn = "</s>";
   } else if (name == "chatml") {  // <|im_start|>role\ncontent<|im_end|>\n
     t.system = "<|im_start|>system\n{content}<|im_end|>\n";
@@ -170,9 +170,13 @@ EncodedSample SampleEncoder::encode(const Sample& s) const {
       continue;
     }
     const bool trained = all || loss_ == "all_turns" || i == last_answer;
+    // Text before {content} is not trained, unless it is only spaces: " answer" then encodes
+    // as the answer's own first token ("▁answer"), as a tokenizer sees "[/INST] answer".
     const size_t at = tmpl_.assistant.find("{content}");
-    append(segs, tmpl_.assistant.substr(0, at), all);
-    append(segs, t.content + tmpl_.assistant.substr(at + 9), trained);
+    const std::string prefix = tmpl_.assistant.substr(0, at);
+    const bool spaces = prefix.find_first_not_of(' ') == std::string::npos;
+    if (!spaces) append(segs, prefix, all);
+    append(segs, (spaces ? prefix : "") + t.content + tmpl_.assistant.substr(at + 9), trained);
     append(segs, tmpl_.end_of_turn, trained);
     append(segs, tmpl_.after_turn, all);
     content_trained = content_trained || (trained && !t.content.empty());

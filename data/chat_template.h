@@ -23,7 +23,8 @@ struct ChatTemplate {
   std::string default_system;         // used when the sample has no system message
   std::string system;                 // pattern with {content}; "" = the system is dropped
   std::string user;                   // pattern with {content}
-  std::string assistant;              // pattern with {content}; text before {content} is not trained
+  std::string assistant;              // pattern with {content}; text before it is not trained
+                                      // (unless only spaces: they go with the answer)
   std::string end_of_turn;            // after each answer, trained
   std::string after_turn;             // after end_of_turn, not trained
   bool system_in_first_user = false;  // llama2: the system block goes inside the first [INST]

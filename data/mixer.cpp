@@ -35,6 +35,7 @@ Mixer::Mixer(const std::string& mode, std::vector<std::vector<int64_t>> lengths,
   const size_t n = lengths_.size();
   KILN_CHECK(n > 0, "mixer needs a source");
   tokens_.assign(n, 0);
+  target_.assign(n, 0.0);
   samples_.assign(n, 0);
   perm_.resize(n);
   cursor_.assign(n, 0);
@@ -77,16 +78,12 @@ SampleRef Mixer::next(const std::vector<double>& weights) {
     r = pool_[pool_pos_++];
   } else {
     double sum = 0;
-    int64_t total = 0;
-    for (size_t s = 0; s < weights.size(); ++s) {
-      sum += weights[s];
-      total += tokens_[s];
-    }
+    for (double w : weights) sum += w;
     KILN_CHECK(sum > 0, "weights sum to zero");
     double best = -1e300;
     for (size_t s = 0; s < weights.size(); ++s) {
       if (weights[s] <= 0 || lengths_[s].empty()) continue;
-      const double deficit = weights[s] / sum * static_cast<double>(total + 1) - static_cast<double>(tokens_[s]);
+      const double deficit = target_[s] + weights[s] / sum - static_cast<double>(tokens_[s]);
       if (deficit > best) {
         best = deficit;
         r.source = static_cast<int32_t>(s);
@@ -102,6 +99,10 @@ SampleRef Mixer::next(const std::vector<double>& weights) {
       cursor_[r.source] = 0;
     }
     r.doc = perm[cursor_[r.source]++];
+    // Every source's target grows by its current share of the drawn tokens, so a schedule's
+    // new weights govern the tokens drawn from now on (not a catch-up on the past).
+    const double len = static_cast<double>(lengths_[r.source][r.doc]);
+    for (size_t s = 0; s < weights.size(); ++s) target_[s] += weights[s] / sum * len;
   }
   tokens_[r.source] += lengths_[r.source][r.doc];
   ++samples_[r.source];

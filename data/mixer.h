@@ -3,8 +3,10 @@
 //                 sample with probability w; w >= 1 gives floor(w) copies plus one more with
 //                 probability frac(w); the pool is then shuffled (seeded).
 //   proportional  each source's share of drawn tokens tracks its normalized weight: the source
-//                 furthest behind its target (w_i * (T + 1) - t_i, T tokens drawn so far) goes
-//                 next, as Megatron's blended datasets do with sample counts. Inside a source,
+//                 furthest behind its target goes next (target_i grows by p_i * L for every
+//                 sample of L tokens drawn, p the normalized weights then in force; with fixed
+//                 weights that is p_i * T after T tokens), as Megatron's blended datasets do
+//                 with sample counts. Inside a source,
 //                 samples come in a seeded permutation, reshuffled every pass.
 // Weights may change between calls (data.schedule); a telechat pool picks them up at the
 // next epoch. Randomness is our own (splitmix64 / mt19937_64 bits), portable across platforms.
@@ -39,6 +41,7 @@ class Mixer {
   std::vector<std::vector<int64_t>> lengths_;
   uint64_t seed_;
   std::vector<int64_t> tokens_, samples_;
+  std::vector<double> target_;  // [source] proportional: tokens it should have had by now
   // proportional: [source] permutation of its docs, position in it, passes done
   std::vector<std::vector<int64_t>> perm_;
   std::vector<int64_t> cursor_, pass_;

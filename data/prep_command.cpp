@@ -19,63 +19,6 @@ namespace kiln {
 
 namespace {
 
-// --name value / --name=value / --flag, plus positionals, from argv[first..].
-struct Opts {
-  std::vector<std::string> positional;
-  std::map<std::string, std::string> values;
-};
-
-Opts parse(int argc, char** argv, int first, const std::vector<std::string>& valued,
-           const std::vector<std::string>& flags, const std::string& verb) {
-  Opts o;
-  for (int i = first; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--", 0) != 0) {
-      o.positional.push_back(a);
-      continue;
-    }
-    std::string name = a.substr(2), value;
-    const size_t eq = name.find('=');
-    const bool inline_value = eq != std::string::npos;
-    if (inline_value) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    }
-    if (std::find(flags.begin(), flags.end(), name) != flags.end()) {
-      o.values[name] = "true";
-    } else if (std::find(valued.begin(), valued.end(), name) != valued.end()) {
-      if (!inline_value) {
-        if (i + 1 >= argc) user_error("--", name, ": needs a value");
-        value = argv[++i];
-      }
-      o.values[name] = value;
-    } else {
-      std::string all;
-      for (const auto& v : valued) all += " --" + v;
-      for (const auto& f : flags) all += " --" + f;
-      user_error(verb, ": unknown option --", name, " (options:", all, ")");
-    }
-  }
-  return o;
-}
-
-int64_t to_int(const Opts& o, const std::string& name, int64_t fallback) {
-  auto it = o.values.find(name);
-  if (it == o.values.end()) return fallback;
-  try {
-    size_t used = 0;
-    const long long v = std::stoll(it->second, &used);
-    if (used == it->second.size()) return v;
-  } catch (const std::exception&) {
-  }
-  user_error("--", name, ": \"", it->second, "\" is not an integer");
-}
-
-std::string get(const Opts& o, const std::string& name, const std::string& fallback = "") {
-  auto it = o.values.find(name);
-  return it == o.values.end() ? fallback : it->second;
-}
-
 // Every string of a JSONL line worth learning a vocabulary from.
 void collect_text(const nlohmann::json& j, std::vector<std::string>& out) {
   if (j.is_string()) {
@@ -95,9 +38,9 @@ void collect_text(const nlohmann::json& j, std::vector<std::string>& out) {
 }  // namespace
 
 int cmd_prep(int argc, char** argv) {
-  const Opts o = parse(argc, argv, 2, {"tokenizer", "out", "workers", "seq-len", "format", "template", "loss"},
-                       {"skip-bad-lines", "no-progress", "help"}, "prep");
-  if (o.values.count("help")) {
+  const Args o = parse_args(argc, argv, 2, {"tokenizer", "out", "workers", "seq-len", "format", "template", "loss"},
+                            {"skip-bad-lines", "no-progress"});
+  if (o.help) {
     std::fprintf(stderr,
                  "usage: kiln prep DATA_JSON --tokenizer MODEL --out DIR [--workers N] [--seq-len L]\n"
                  "                 [--format auto|text|alpaca|telechat|firefly|messages]\n"
@@ -108,17 +51,17 @@ int cmd_prep(int argc, char** argv) {
   if (o.positional.size() != 1) user_error("prep: expected one DATA_JSON (a data.json or a .jsonl file)");
   PrepOptions opt;
   opt.data_json = o.positional[0];
-  opt.tokenizer = get(o, "tokenizer");
-  opt.out_dir = get(o, "out");
+  opt.tokenizer = o.get("tokenizer");
+  opt.out_dir = o.get("out");
   if (opt.tokenizer.empty()) user_error("prep: --tokenizer MODEL is required");
   if (opt.out_dir.empty()) user_error("prep: --out DIR is required");
-  opt.workers = to_int(o, "workers", 2);
-  opt.seq_len = to_int(o, "seq-len", 0);
-  opt.format = get(o, "format", "auto");
-  opt.chat_template = get(o, "template", "firefly");
-  opt.loss = get(o, "loss", "all_turns");
-  opt.skip_bad_lines = o.values.count("skip-bad-lines") > 0;
-  opt.progress = o.values.count("no-progress") == 0;
+  opt.workers = o.get_int("workers", 2);
+  opt.seq_len = o.get_int("seq-len", 0);
+  opt.format = o.get("format", "auto");
+  opt.chat_template = o.get("template", "firefly");
+  opt.loss = o.get("loss", "all_turns");
+  opt.skip_bad_lines = o.has("skip-bad-lines");
+  opt.progress = !o.has("no-progress");
   const nlohmann::json stats = run_prep(opt);
   for (const auto& s : stats["sources"]) {
     std::string drops;
@@ -140,15 +83,20 @@ int cmd_prep(int argc, char** argv) {
 int cmd_tokenizer(int argc, char** argv) {
   if (argc < 3 || std::strcmp(argv[2], "train") != 0)
     user_error("tokenizer: expected `kiln tokenizer train --input FILE[,FILE] --out PREFIX --vocab-size N`");
-  const Opts o = parse(argc, argv, 3, {"input", "out", "vocab-size", "model-type", "max-sentences", "threads"},
-                       {"help"}, "tokenizer train");
+  const Args o = parse_args(argc, argv, 3, {"input", "out", "vocab-size", "model-type", "max-sentences", "threads", "character-coverage"},
+                            {});
   TokenizerTrainOptions opt;
-  opt.out_prefix = get(o, "out");
-  opt.vocab_size = to_int(o, "vocab-size", 2000);
-  opt.model_type = get(o, "model-type", "bpe");
-  opt.max_sentences = to_int(o, "max-sentences", 200000);
-  opt.threads = to_int(o, "threads", 2);
-  const std::string inputs = get(o, "input");
+  opt.out_prefix = o.get("out");
+  opt.vocab_size = o.get_int("vocab-size", 2000);
+  opt.model_type = o.get("model-type", "bpe");
+  opt.max_sentences = o.get_int("max-sentences", 200000);
+  opt.threads = o.get_int("threads", 2);
+  const std::string coverage = o.get("character-coverage", "0.9995");
+  char* end = nullptr;
+  opt.character_coverage = std::strtod(coverage.c_str(), &end);
+  if (coverage.empty() || *end != '\0' || !(opt.character_coverage > 0 && opt.character_coverage <= 1))
+    user_error("--character-coverage: expected a number in (0, 1], got '", coverage, "'");
+  const std::string inputs = o.get("input");
   if (inputs.empty() || opt.out_prefix.empty())
     user_error("tokenizer train: --input FILE[,FILE] and --out PREFIX are required");
   std::vector<std::string> sentences;

@@ -1,7 +1,9 @@
 // Token store: memory-mapped reader and streaming writer (see token_store.h).
 #include "data/token_store.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
