@@ -3,12 +3,8 @@
 #include "models/hf.h"
 
 #include <ATen/core/grad_mode.h>
-#include <ftw.h>
 #include <torch/nn/module.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -16,6 +12,7 @@
 
 #include "models/safetensors.h"
 #include "trainer/error.h"
+#include "trainer/file_io.h"
 
 namespace kiln {
 namespace {
