@@ -1,7 +1,8 @@
 // RowStream: the deterministic global sequence of packed rows (no tokens, just which sample
 // pieces go where). Row k belongs to training step k / G (G = global batch in sequences); the
 // mixer draws with the weights of that step, the packer fills rows of data.seq_len positions
-// best-fit from chunks of drawn samples. Depends on (seed, sample lengths, weights, schedule,
+// best-fit from chunks of drawn samples (about 16 rows' worth at a time), and each chunk's rows
+// come out in a seeded shuffle (best-fit opens them longest-first). Depends on (seed, sample lengths, weights, schedule,
 // G, seq_len, packing, overlong) only, never on the number of data-parallel ranks.
 #pragma once
 #include <cstdint>
@@ -40,9 +41,10 @@ class RowStream {
   std::vector<double> weights_;
   DataConfig data_;
   int64_t global_batch_;
+  uint64_t seed_;
   Mixer mixer_;
   std::deque<Row> ready_;
-  int64_t rows_ = 0, truncated_ = 0, dropped_ = 0;
+  int64_t rows_ = 0, truncated_ = 0, dropped_ = 0, chunks_ = 0;
   std::vector<int64_t> tokens_;
 };
 
