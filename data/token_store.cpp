@@ -114,25 +114,4 @@ TokenStore::TokenStore(const std::string& dir) : dir_(dir) {
 }
 
 
-void remove_tree(const std::string& path) {
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) return;
-  auto remove_one = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); };
-  ::nftw(path.c_str(), remove_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-bool dir_is_empty(const std::string& path) {
-  DIR* d = ::opendir(path.c_str());
-  if (!d) return true;
-  bool empty = true;
-  while (const dirent* e = ::readdir(d)) {
-    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
-      empty = false;
-      break;
-    }
-  }
-  ::closedir(d);
-  return empty;
-}
-
 }  // namespace kiln

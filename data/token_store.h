@@ -75,11 +75,5 @@ class TokenStore {
 // True when DIR holds a complete token store (its manifest.json exists).
 bool is_token_store(const std::string& dir);
 
-// Removes a directory tree (or a file); missing is fine. std::filesystem::remove_all and
-// is_empty must not be used in kiln: libtorch.so exports its own (ABI-incompatible) copies
-// of them, and the dynamic linker binds our calls to those (a crash in remove_all).
-void remove_tree(const std::string& path);
-bool dir_is_empty(const std::string& path);  // true for a missing or empty directory
-
 
 }  // namespace kiln

@@ -149,14 +149,6 @@ std::string torch_dtype_name(at::ScalarType t) {
   }
 }
 
-// rm -rf PATH. Not std::filesystem::remove_all: libtorch.so exports a broken copy of it that
-// the dynamic linker picks over libstdc++'s (it jumps to address 0).
-void remove_tree(const std::string& path) {
-  auto rm = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); };
-  if (::access(path.c_str(), F_OK) != 0) return;
-  if (::nftw(path.c_str(), rm, 16, FTW_DEPTH | FTW_PHYS) != 0)
-    user_error(path, ": cannot remove the stale temporary directory: ", std::strerror(errno));
-}
 
 json hf_config_json(const ModelConfig& cfg, const std::string& dtype) {
   json rope = nullptr;

@@ -8,6 +8,7 @@
 
 #include "models/llama.h"
 #include "parallel/communicator.h"
+#include "parallel/zero3.h"
 #include "trainer/error.h"
 
 namespace kiln {
@@ -63,7 +64,11 @@ struct ZeroOptimizer::Impl {
 ZeroOptimizer::ZeroOptimizer(LlamaImpl& model, Communicator& dp, int stage, int64_t bucket_bytes,
                              AdamWOptions hyper)
     : impl_(std::make_unique<Impl>(dp, hyper, stage, bucket_bytes)), stage_(stage) {
-  KILN_CHECK(stage >= 0 && stage <= 2, "ZeroOptimizer handles stages 0-2 here, got ", stage);
+  KILN_CHECK(stage >= 0 && stage <= 3, "ZeRO stage must be 0-3, got ", stage);
+  if (stage == 3) {
+    zero3_ = std::make_unique<Zero3Optimizer>(model, dp, hyper);
+    return;
+  }
   Impl& m = *impl_;
   for (const auto& item : model.named_parameters()) {
     if (!item.value().requires_grad()) continue;
@@ -91,11 +96,13 @@ ZeroOptimizer::ZeroOptimizer(LlamaImpl& model, Communicator& dp, int stage, int6
 ZeroOptimizer::~ZeroOptimizer() = default;
 
 void ZeroOptimizer::zero_grad() {
+  if (zero3_) return zero3_->zero_grad();
   for (auto& p : impl_->params) p.tensor.mutable_grad() = at::Tensor();
   impl_->grad = at::Tensor();
 }
 
 void ZeroOptimizer::reduce_gradients() {
+  if (zero3_) return zero3_->reduce_gradients();
   Impl& m = *impl_;
   const int world = m.dp.size();
   at::Tensor flat = m.flat_grads();  // (N)
@@ -126,6 +133,7 @@ void ZeroOptimizer::reduce_gradients() {
 }
 
 double ZeroOptimizer::grad_norm() {
+  if (zero3_) return zero3_->grad_norm();
   Impl& m = *impl_;
   KILN_CHECK(m.grad.defined(), "grad_norm before reduce_gradients");
   at::Tensor sq = m.grad.to(at::kDouble).pow(2).sum().reshape({1});
@@ -134,6 +142,7 @@ double ZeroOptimizer::grad_norm() {
 }
 
 void ZeroOptimizer::step(double lr, double grad_scale) {
+  if (zero3_) return zero3_->step(lr, grad_scale, ++steps_);
   Impl& m = *impl_;
   KILN_CHECK(m.grad.defined(), "step before reduce_gradients");
   at::NoGradGuard no_grad;
@@ -153,6 +162,7 @@ void ZeroOptimizer::step(double lr, double grad_scale) {
 }
 
 std::vector<TensorSlice> ZeroOptimizer::state_slices() const {
+  if (zero3_) return zero3_->state_slices();
   const Impl& m = *impl_;
   std::vector<TensorSlice> out;
   const int64_t end = m.begin + m.len;
@@ -170,6 +180,10 @@ std::vector<TensorSlice> ZeroOptimizer::state_slices() const {
 }
 
 void ZeroOptimizer::load_state(const std::vector<TensorSlice>& slices, int64_t steps) {
+  if (zero3_) {
+    steps_ = steps;
+    return zero3_->load_state(slices);
+  }
   Impl& m = *impl_;
   const int64_t end = m.begin + m.len;
   const std::pair<const char*, at::Tensor*> kinds[] = {
@@ -200,6 +214,7 @@ void ZeroOptimizer::load_state(const std::vector<TensorSlice>& slices, int64_t s
 }
 
 std::vector<std::pair<std::string, at::Tensor>> ZeroOptimizer::gather_parameters() const {
+  if (zero3_) return zero3_->gather_parameters();
   const Impl& m = *impl_;
   at::Tensor full = m.full_master();
   std::vector<std::pair<std::string, at::Tensor>> out;
@@ -209,6 +224,7 @@ std::vector<std::pair<std::string, at::Tensor>> ZeroOptimizer::gather_parameters
 }
 
 int64_t ZeroOptimizer::resident_parameter_bytes() const {
+  if (zero3_) return zero3_->resident_parameter_bytes();
   int64_t bytes = 0;
   for (const auto& p : impl_->params) bytes += p.tensor.numel() * p.tensor.element_size();
   return bytes;

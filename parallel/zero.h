@@ -21,6 +21,7 @@ namespace kiln {
 
 class Communicator;
 class LlamaImpl;
+class Zero3Optimizer;
 
 struct AdamWOptions {
   double weight_decay = 0.1;
@@ -70,6 +71,7 @@ class ZeroOptimizer {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  std::unique_ptr<Zero3Optimizer> zero3_;  // stage 3 (parallel/zero3.h): every call goes there
   int stage_;
   int64_t steps_ = 0;
 };

@@ -16,6 +16,7 @@
 #include "models/safetensors.h"
 #include "parallel/communicator.h"
 #include "trainer/error.h"
+#include "trainer/file_io.h"
 #include "trainer/log.h"
 
 namespace fs = std::filesystem;
@@ -64,7 +65,7 @@ void save_checkpoint(const std::string& run_dir, Communicator& world, const Chec
   const fs::path final_dir = root / name;
   if (world.rank() == 0) {
     fs::create_directories(root);
-    fs::remove_all(tmp);  // leftovers of an interrupted save
+    remove_tree(tmp.string());  // leftovers of an interrupted save
     fs::create_directories(tmp);
   }
   world.barrier();
@@ -87,7 +88,7 @@ void save_checkpoint(const std::string& run_dir, Communicator& world, const Chec
     nlohmann::json js = {{"step", state.step}, {"data", state.data}, {"extra", state.extra},
                          {"world_size", world.size()}, {"format_version", 1}};
     write_file_atomic((tmp / "state.json").string(), js.dump(2));
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);
+    if (fs::exists(final_dir)) remove_tree(final_dir.string());
     fs::rename(tmp, final_dir);
     fsync_dir(root.string());
     write_file_atomic((root / "latest").string(), name + "\n");
@@ -98,7 +99,7 @@ void save_checkpoint(const std::string& run_dir, Communicator& world, const Chec
       if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos) done.push_back(e.path());
     }
     std::sort(done.begin(), done.end());
-    for (size_t i = 0; i + keep_last < done.size(); ++i) fs::remove_all(done[i]);
+    for (size_t i = 0; i + keep_last < done.size(); ++i) remove_tree(done[i].string());
     log0("checkpoint: saved ", final_dir.string());
   }
   world.barrier();

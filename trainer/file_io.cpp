@@ -1,7 +1,9 @@
 // MappedFile and atomic writes (see file_io.h).
 #include "trainer/file_io.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -90,6 +92,28 @@ void atomic_write(const std::string& path, const std::function<void(int, const s
     user_error(path, ": cannot rename ", tmp, " into place: ", err);
   }
   fsync_dir(parent_dir(path));
+}
+
+void remove_tree(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return;
+  auto remove_one = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); };
+  if (::nftw(path.c_str(), remove_one, 16, FTW_DEPTH | FTW_PHYS) != 0)
+    user_error(path, ": cannot remove: ", errno_str());
+}
+
+bool dir_is_empty(const std::string& path) {
+  DIR* d = ::opendir(path.c_str());
+  if (!d) return true;
+  bool empty = true;
+  while (const dirent* e = ::readdir(d)) {
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
+      empty = false;
+      break;
+    }
+  }
+  ::closedir(d);
+  return empty;
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {

@@ -37,5 +37,10 @@ void write_all(int fd, const void* data, size_t n, const std::string& path);
 // fsync a directory so a rename inside it survives a crash.
 void fsync_dir(const std::string& dir);
 std::string parent_dir(const std::string& path);
+// Removes a directory tree (or a file); missing is fine. Not std::filesystem::remove_all:
+// LibTorch's libraries export their own copies of some libstdc++ filesystem symbols, built
+// against another ABI, and the dynamic linker can bind our calls to those (a crash in remove_all).
+void remove_tree(const std::string& path);
+bool dir_is_empty(const std::string& path);  // true for a missing directory too
 
 }  // namespace kiln

@@ -1,0 +1,112 @@
+// A few training steps of a tiny Llama through ZeroOptimizer, the way the trainer runs them:
+// every micro-batch of this rank forward and backward with loss = token sum / tokens of the
+// global batch, reduce_gradients, global-norm clipping, AdamW. Shared by the single-process
+// ZeRO-3 tests (tests/unit) and the dp equivalence tests under mpirun (tests/parallel).
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "data/batch.h"
+#include "models/llama.h"
+#include "parallel/communicator.h"
+#include "parallel/zero.h"
+#include "parallel/zero3.h"
+
+namespace kiln::test {
+
+struct ZeroRunSpec {
+  int stage = 0;
+  int steps = 5;
+  int64_t global_batch = 8;  // sequences per step, over all dp ranks
+  int64_t micro_batch = 2;   // sequences per forward
+  int64_t seq_len = 16;
+  int64_t layers = 2;
+  bool tied = false;
+  double lr = 1e-2;
+  double clip = 0.5;          // small enough to clip in the first steps
+  int64_t bucket_bytes = 1024;  // small buckets: several per step
+  // eps 1e-6, not 1e-8: with a tiny eps Adam's first updates are g / (|g| + eps), so a gradient
+  // element that is nearly zero turns fp32 summation-order noise (which differs between
+  // layouts) into an O(lr) difference. A larger eps keeps the comparison about the reduction.
+  AdamWOptions adam = AdamWOptions{/*weight_decay=*/0.1, /*beta1=*/0.9, /*beta2=*/0.95, /*eps=*/1e-6};
+};
+
+struct ZeroRunResult {
+  std::vector<double> losses;                              // [step], mean over the global batch
+  std::vector<std::pair<std::string, at::Tensor>> params;  // final fp32 values, model order
+  std::vector<int64_t> resident_after_step;                // [step] measured parameter bytes
+  int64_t model_bytes = 0;                                 // all trained parameters, fp32
+};
+
+inline ModelConfig tiny_model_config(const ZeroRunSpec& spec) {
+  ModelConfig cfg;
+  cfg.vocab_size = 64;
+  cfg.hidden_size = 32;
+  cfg.num_layers = spec.layers;
+  cfg.num_heads = 4;
+  cfg.num_kv_heads = 2;
+  cfg.max_seq_len = spec.seq_len;
+  cfg.tie_embeddings = spec.tied;
+  return cfg;
+}
+
+// Rows [first, first + count) of step `step`'s global batch: random tokens, the same on every
+// rank and for every layout. Two batches alternate, so that the loss falls within 5 steps.
+inline Batch rows_of_step(int step, int64_t first, int64_t count, const ZeroRunSpec& spec,
+                          int64_t vocab) {
+  at::Generator gen = at::detail::createCPUGenerator(/*seed_in=*/9000 + step % 2);
+  at::Tensor all = at::randint(vocab, {spec.global_batch, spec.seq_len + 1}, gen, at::kLong);
+  at::Tensor rows = all.narrow(0, first, count);
+  Batch b;
+  b.input_ids = rows.narrow(1, 0, spec.seq_len).contiguous();
+  b.labels = rows.narrow(1, 1, spec.seq_len).contiguous();
+  b.position_ids = at::arange(spec.seq_len, at::kLong).expand({count, spec.seq_len}).contiguous();
+  b.loss_tokens = count * spec.seq_len;
+  // One document per row, marked packed so attention takes the explicit block-causal mask.
+  b.packed = true;
+  return b;
+}
+
+inline ZeroRunResult run_zero(Communicator& dp, const ZeroRunSpec& spec) {
+  const ModelConfig cfg = tiny_model_config(spec);
+  at::manual_seed(1234);
+  Llama model(cfg);
+  model->reset_parameters();
+  ZeroRunResult result;
+  for (const auto& p : model->parameters()) result.model_bytes += p.numel() * p.element_size();
+  ZeroOptimizer opt(*model, dp, spec.stage, spec.bucket_bytes, spec.adam);
+  const int64_t per_rank = spec.global_batch / dp.size();
+  const double global_tokens = static_cast<double>(spec.global_batch * spec.seq_len);
+  for (int step = 0; step < spec.steps; ++step) {
+    opt.zero_grad();
+    double loss_part = 0;
+    for (int64_t m = 0; m < per_rank; m += spec.micro_batch) {
+      Batch b = rows_of_step(step, dp.rank() * per_rank + m, spec.micro_batch, spec, cfg.vocab_size);
+      at::Tensor loss = lm_loss_sum(model->forward(b), b.labels) / global_tokens;
+      loss.backward();
+      loss_part += loss.item<double>();
+    }
+    opt.reduce_gradients();
+    const double norm = opt.grad_norm();
+    at::Tensor loss_t = at::full({1}, loss_part, at::kDouble);
+    dp.all_reduce(loss_t);
+    result.losses.push_back(loss_t.item<double>());
+    opt.step(spec.lr, norm > spec.clip ? spec.clip / (norm + 1e-6) : 1.0);
+    result.resident_after_step.push_back(opt.resident_parameter_bytes());
+  }
+  result.params = opt.gather_parameters();
+  return result;
+}
+
+// max |a - b| / max |b| over a tensor: the relative error of a whole tensor.
+inline double relative_error(const at::Tensor& a, const at::Tensor& b) {
+  const double scale = std::max(b.abs().max().item<double>(), 1e-30);
+  return (a - b).abs().max().item<double>() / scale;
+}
+
+}  // namespace kiln::test
