@@ -183,6 +183,10 @@ void DataLoader::restore(const LoaderState& s) {
     for (const auto& n : names_) b += (b.empty() ? "" : ", ") + n;
     user_error("data.mixture: the checkpoint was trained on sources [", a, "] but the mixture now has [", b, "]");
   }
+  if (s.micro < 0 || s.micro >= micro_per_step_ || s.step < 0)
+    user_error("data: the saved loader position (step ", s.step, ", micro-batch ", s.micro,
+               ") does not fit ", micro_per_step_, " micro-batches per step on this layout; resume from a "
+               "checkpoint taken at a step boundary");
   stop();
   state_ = s;
   start(s);

@@ -150,6 +150,41 @@ TEST(DataLoader, RestoreReplaysExactlyTheSameBatches) {
   EXPECT_THROW(b.restore(other), UserError);
 }
 
+TEST(DataLoader, ReshardedResumeContinuesTheSameOrder) {
+  // Two steps on one rank, then a checkpoint, then two ranks (and four) resume from it: the
+  // rows they see, stitched in rank order, are the rows the single rank goes on to see.
+  const Config cfg = loader_config(48, 2);
+  DataLoader one(cfg, 0, 1, 8);
+  for (int i = 0; i < 8; ++i) one.next();  // steps 0 and 1: 4 micro-batches each
+  const LoaderState at_step2 = one.state();
+  ASSERT_EQ(at_step2.step, 2);
+  ASSERT_EQ(at_step2.micro, 0);
+  std::vector<std::vector<int64_t>> expected;
+  for (int i = 0; i < 8; ++i) {
+    const Batch b = one.next();
+    for (int64_t r = 0; r < 2; ++r) expected.push_back(row_of(b.input_ids, r));
+  }
+  for (int64_t dp : {2, 4}) {
+    std::vector<std::unique_ptr<DataLoader>> ranks;
+    for (int64_t r = 0; r < dp; ++r) {
+      ranks.push_back(std::make_unique<DataLoader>(cfg, r, dp, 8));
+      ranks.back()->restore(at_step2);
+    }
+    std::vector<std::vector<int64_t>> got;
+    for (int step = 0; step < 2; ++step)
+      for (auto& l : ranks)
+        for (int64_t m = 0; m < 4 / dp; ++m) {
+          const Batch b = l->next();
+          for (int64_t r = 0; r < 2; ++r) got.push_back(row_of(b.input_ids, r));
+        }
+    EXPECT_EQ(got, expected) << "dp " << dp;
+  }
+  LoaderState mid = at_step2;
+  mid.micro = 3;  // valid for dp 1 (4 micro-batches per step), not for dp 4 (1 per step)
+  DataLoader four(cfg, 0, 4, 8);
+  EXPECT_THROW(four.restore(mid), UserError);
+}
+
 TEST(DataLoader, SourceTokensAtStepBoundariesAreGlobal) {
   // After step s every rank reports the same global per-source tokens, which are the sum of
   // the source_tokens of all batches of all ranks so far.
