@@ -60,6 +60,27 @@ Batch make_batch(const TokenStore& store, const std::vector<Row>& rows, int64_t 
   return b;
 }
 
+SampleLossWeights sample_loss_weights(const Batch& batch) {
+  const at::Tensor labels = batch.labels.to(at::kCPU).contiguous();
+  const at::Tensor pos = batch.position_ids.to(at::kCPU).contiguous();
+  const int64_t B = labels.size(0), T = labels.size(1);
+  SampleLossWeights out;
+  out.weights = at::empty({B, T}, at::kFloat);  // (B, T)
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  const int64_t* p = pos.data_ptr<int64_t>();
+  float* w = out.weights.data_ptr<float>();
+  for (int64_t start = 0; start < B * T;) {  // one sample: [start, end) inside one row
+    int64_t end = start + 1;
+    while (end % T != 0 && p[end] != 0) ++end;
+    int64_t trained = 0;
+    for (int64_t t = start; t < end; ++t) trained += lab[t] != kIgnoreIndex;
+    for (int64_t t = start; t < end; ++t) w[t] = lab[t] != kIgnoreIndex ? 1.0f / static_cast<float>(trained) : 0.0f;
+    out.samples += trained > 0;
+    start = end;
+  }
+  return out;
+}
+
 namespace {
 
 std::vector<std::vector<int64_t>> doc_lengths(const TokenStore& store) {

@@ -42,6 +42,17 @@ void from_json(const nlohmann::json& j, LoaderState& s);
 // label token's mask bit is 0; position ids restart at 0 for every piece and for the padding.
 Batch make_batch(const TokenStore& store, const std::vector<Row>& rows, int64_t seq_len, int32_t pad_id);
 
+// data.loss_average: sample. Per-token loss weights for a mean over samples instead of over
+// tokens: weights (B, T) float32 is 1/(trained labels of that sample) where the label is
+// trained and 0 elsewhere (samples found by position_ids restarting at 0); `samples` counts
+// the samples with at least one trained label. The trainer's loss is then
+//   sum(token_loss * weights) / (samples summed over micro-batches and data-parallel ranks).
+struct SampleLossWeights {
+  at::Tensor weights;
+  int64_t samples = 0;
+};
+SampleLossWeights sample_loss_weights(const Batch& batch);
+
 class DataLoader {
  public:
   DataLoader(const Config& cfg, int64_t dp_rank, int64_t dp_size, int64_t global_batch_size);

@@ -2,6 +2,7 @@
 // for 1, 2 and 4 data-parallel ranks, exact resume, packing efficiency and the eval loader.
 #include <gtest/gtest.h>
 
+#include <ATen/ops/tensor.h>
 #include <ATen/core/Tensor.h>
 
 #include <nlohmann/json.hpp>
@@ -83,6 +84,23 @@ TEST(DataBatch, LabelsMasksPositionsAndPadding) {
   EXPECT_EQ(batch.source_tokens, (std::vector<int64_t>{a, b}));
   // One sample per row (padding aside) is not packed: a causal mask alone keeps it apart.
   EXPECT_FALSE(make_batch(store, {{{0, 1, a}}}, T, store.pad_id()).packed);
+}
+
+TEST(DataBatch, SampleLossWeightsAverageOverSamples) {
+  // Row 0: a sample with 3 trained labels (positions 0-3), one with 1 (4-6), padding (7).
+  // Row 1: a sample with 2 trained labels, then padding.
+  const int64_t I = kIgnoreIndex;
+  Batch b;
+  b.labels = at::tensor(std::vector<int64_t>{5, 6, 7, I, I, 8, I, I, 9, I, 4, I, I, I, I, I}).view({2, 8});
+  b.position_ids = at::tensor(std::vector<int64_t>{0, 1, 2, 3, 0, 1, 2, 0, 0, 1, 2, 3, 0, 1, 2, 3}).view({2, 8});
+  const SampleLossWeights sw = sample_loss_weights(b);
+  EXPECT_EQ(sw.samples, 3);
+  const float t = 1.0f / 3;
+  const std::vector<float> expected = {t, t, t, 0, 0, 1, 0, 0, 0.5f, 0, 0.5f, 0, 0, 0, 0, 0};
+  const at::Tensor w = sw.weights.contiguous();
+  EXPECT_EQ(std::vector<float>(w.data_ptr<float>(), w.data_ptr<float>() + 16), expected);
+  // Each sample's weights sum to 1, so sum(loss * w) / samples is the mean of sample means.
+  EXPECT_FLOAT_EQ(sw.weights.sum().item<float>(), 3.0f);
 }
 
 // The rows of `steps` training steps as dp ranks see them, stitched in rank order.
