@@ -83,8 +83,8 @@ SampleLossWeights sample_loss_weights(const Batch& batch) {
 
 namespace {
 
-std::vector<std::vector<int64_t>> doc_lengths(const TokenStore& store) {
-  std::vector<std::vector<int64_t>> out;
+SampleLengths doc_lengths(const TokenStore& store) {
+  SampleLengths out;
   for (const auto& s : store.sources()) {
     std::vector<int64_t> l(s.docs);
     for (int64_t d = 0; d < s.docs; ++d) l[d] = s.doc_length(d);
@@ -105,7 +105,7 @@ DataLoader::DataLoader(const Config& cfg, int64_t dp_rank, int64_t dp_size, int6
   micro_per_step_ = global_batch_ / dp_ / micro_batch_;
   if (cfg.data.mixture.empty()) user_error("data.mixture: required (a data.json, a .jsonl or a `kiln prep` dir)");
   store_ = std::make_unique<TokenStore>(ensure_prepared(cfg, cfg.data.mixture));
-  lengths_ = doc_lengths(*store_);
+  lengths_ = std::make_shared<const SampleLengths>(doc_lengths(*store_));
   for (const auto& s : store_->sources()) {
     names_.push_back(s.name);
     weights_.push_back(s.weight);

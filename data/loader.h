@@ -83,7 +83,7 @@ class DataLoader {
   Config cfg_;
   int64_t rank_, dp_, global_batch_, micro_batch_, micro_per_step_;
   std::unique_ptr<TokenStore> store_;
-  std::vector<std::vector<int64_t>> lengths_;
+  std::shared_ptr<const SampleLengths> lengths_;
   std::vector<std::string> names_;
   std::vector<double> weights_;
   int32_t pad_id_ = 0;

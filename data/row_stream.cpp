@@ -12,23 +12,19 @@ namespace kiln {
 namespace {
 constexpr int64_t kChunkRows = 16;  // best-fit packs the samples of about this many rows at once
 
-// What the mixer should count for each sample: the tokens it can contribute to a row.
-std::vector<std::vector<int64_t>> clipped(std::vector<std::vector<int64_t>> lengths, int64_t seq_len) {
-  for (auto& source : lengths)
-    for (auto& l : source) l = std::min(l, seq_len + 1);
-  return lengths;
-}
 }  // namespace
 
-RowStream::RowStream(std::vector<std::vector<int64_t>> lengths, std::vector<std::string> names,
+RowStream::RowStream(std::shared_ptr<const SampleLengths> lengths, std::vector<std::string> names,
                      std::vector<double> weights, const DataConfig& data, uint64_t seed, int64_t global_batch_size)
-    : lengths_(std::move(lengths)),
+    : lengths_ptr_(std::move(lengths)),
+      lengths_(*lengths_ptr_),
       names_(std::move(names)),
       weights_(std::move(weights)),
       data_(data),
       global_batch_(global_batch_size),
       seed_(seed),
-      mixer_(data.mix, clipped(lengths_, data.seq_len), seed),
+      // the mixer counts what a sample can contribute to a row: at most seq_len + 1 tokens
+      mixer_(data.mix, lengths_ptr_, seed, data.seq_len + 1),
       tokens_(lengths_.size(), 0) {
   if (data_.seq_len < 1) user_error("data.seq_len: ", data_.seq_len, " must be >= 1");
   if (data_.overlong != "truncate" && data_.overlong != "drop")

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,8 +26,12 @@ using Row = std::vector<Piece>;  // pieces take length-1 positions each, at most
 class RowStream {
  public:
   // lengths[source][doc]; weights[source] from data.json; names[source] for the schedule.
-  RowStream(std::vector<std::vector<int64_t>> lengths, std::vector<std::string> names, std::vector<double> weights,
+  RowStream(std::shared_ptr<const SampleLengths> lengths, std::vector<std::string> names, std::vector<double> weights,
             const DataConfig& data, uint64_t seed, int64_t global_batch_size);
+  RowStream(SampleLengths lengths, std::vector<std::string> names, std::vector<double> weights, const DataConfig& data,
+            uint64_t seed, int64_t global_batch_size)
+      : RowStream(std::make_shared<const SampleLengths>(std::move(lengths)), std::move(names), std::move(weights), data,
+                  seed, global_batch_size) {}
   Row next();
   int64_t rows() const { return rows_; }                                 // rows returned so far
   const std::vector<int64_t>& source_tokens() const { return tokens_; }  // [source] in those rows
@@ -36,7 +41,8 @@ class RowStream {
  private:
   void refill();
 
-  std::vector<std::vector<int64_t>> lengths_;
+  std::shared_ptr<const SampleLengths> lengths_ptr_;
+  const SampleLengths& lengths_;
   std::vector<std::string> names_;
   std::vector<double> weights_;
   DataConfig data_;
