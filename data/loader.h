@@ -32,7 +32,8 @@ struct LoaderState {
   int64_t micro = 0;  // ... and is this rank's micro-batch number `micro` in it
   uint64_t seed = 0;
   std::vector<std::string> sources;    // names, to catch a resume on different data
-  std::vector<int64_t> source_tokens;  // [source] tokens in all global rows before (step, micro)
+  std::vector<int64_t> source_tokens;  // [source] tokens in all global rows before (step, micro);
+                                       // at a step boundary: every rank's rows of the steps before
 };
 void to_json(nlohmann::json& j, const LoaderState& s);
 void from_json(const nlohmann::json& j, LoaderState& s);
