@@ -287,4 +287,10 @@ at::Tensor lm_loss_sum(const at::Tensor& logits, const at::Tensor& labels) {
                                 /*weight=*/{}, at::Reduction::Sum, /*ignore_index=*/kIgnoreIndex);
 }
 
+at::Tensor lm_loss_weighted_sum(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& weights) {
+  at::Tensor per_token = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), labels.reshape(-1),
+                                                /*weight=*/{}, at::Reduction::None, /*ignore_index=*/kIgnoreIndex);
+  return (per_token * weights.reshape(-1).to(per_token.scalar_type())).sum();
+}
+
 }  // namespace kiln

@@ -130,5 +130,7 @@ TORCH_MODULE(Llama);
 // divides by the global number of loss tokens so that accumulation and data parallelism give
 // the mean over trained tokens of the global batch.
 at::Tensor lm_loss_sum(const at::Tensor& logits, const at::Tensor& labels);
+// Sum of token cross-entropy x weights (B, T) (data.loss_average: sample).
+at::Tensor lm_loss_weighted_sum(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& weights);
 
 }  // namespace kiln

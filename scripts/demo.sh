@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 ./scripts/setup.sh
 cfg=configs/examples/tiny-pretrain.yaml
-steps=${KILN_DEMO_STEPS:-300}
+steps=${KILN_DEMO_STEPS:-200}
 echo
 echo "== kiln train $cfg (steps: $steps)"
 build/kiln train "$cfg" --set train.steps="$steps"

@@ -172,7 +172,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   TrainResult result;
   result.first_step = start_step;
   const std::vector<std::string> sources = loader.source_names();
-  std::vector<int64_t> source_tokens(sources.size(), 0);
+  const bool per_sample = cfg.data.loss_average == "sample";
   int64_t skipped_in_row = 0;
   auto run_start = std::chrono::steady_clock::now();
   int64_t steps_this_run = 0;
@@ -190,22 +190,28 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     auto t0 = std::chrono::steady_clock::now();
     optimizer.zero_grad();
     std::vector<Batch> batches;
+    std::vector<at::Tensor> weights;  // loss_average: sample — per-token weights of each batch
     batches.reserve(accum);
-    at::Tensor counts = at::zeros({2 + static_cast<int64_t>(sources.size())}, at::kDouble);
+    at::Tensor counts = at::zeros({2}, at::kDouble);  // [trained tokens, samples] of the global batch
     for (int64_t i = 0; i < accum; ++i) {
       batches.push_back(loader.next());
       counts[0] += static_cast<double>(batches.back().loss_tokens);
-      for (size_t s = 0; s < batches.back().source_tokens.size() && s < sources.size(); ++s)
-        counts[2 + s] += static_cast<double>(batches.back().source_tokens[s]);
+      if (per_sample) {
+        SampleLossWeights w = sample_loss_weights(batches.back());
+        weights.push_back(w.weights.to(setup.device));
+        counts[1] += static_cast<double>(w.samples);
+      }
     }
-    // Loss tokens of the whole global batch: the loss divisor on every rank.
+    // The loss divisor on every rank: trained tokens (or samples) of the whole global batch.
     dp.all_reduce(counts);
     const double global_loss_tokens = std::max(1.0, counts[0].item<double>());
+    const double divisor = per_sample ? std::max(1.0, counts[1].item<double>()) : global_loss_tokens;
     double loss_part = 0;
-    for (auto& b : batches) {
-      Batch db = to_device(std::move(b), setup.device);
+    for (size_t i = 0; i < batches.size(); ++i) {
+      Batch db = to_device(std::move(batches[i]), setup.device);
       at::Tensor logits = model->forward(db);
-      at::Tensor loss = lm_loss_sum(logits, db.labels) / global_loss_tokens;
+      at::Tensor loss = (per_sample ? lm_loss_weighted_sum(logits, db.labels, weights[i])
+                                    : lm_loss_sum(logits, db.labels)) / divisor;
       loss.backward();
       loss_part += loss.item<double>();
     }
@@ -230,7 +236,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     }
     const int64_t step_tokens = global_batch * cfg.data.seq_len;
     tokens_seen += step_tokens;
-    for (size_t s = 0; s < sources.size(); ++s) source_tokens[s] += static_cast<int64_t>(counts[2 + s].item<double>());
+    // Global per-source tokens consumed so far (the loader's count at a step boundary).
+    const std::vector<int64_t> source_tokens = loader.state().source_tokens;
     result.losses.push_back(loss);
     result.last_step = step + 1;
     ++steps_this_run;
@@ -244,7 +251,9 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
                             {"loss_tokens", static_cast<int64_t>(global_loss_tokens)}, {"tokens", tokens_seen},
                             {"tokens_per_s", step_tokens / dt}, {"step_s", dt},
                             {"peak_mem_bytes", peak_memory_bytes(setup.device)}};
-      for (size_t s = 0; s < sources.size(); ++s) row["source_tokens"][sources[s]] = source_tokens[s];
+      for (size_t s = 0; s < sources.size() && s < source_tokens.size(); ++s)
+        row["source_tokens"][sources[s]] = source_tokens[s];
+      row["packing_efficiency"] = loader.packing_efficiency();
       metrics << row.dump() << "\n" << std::flush;
       if ((step + 1) % cfg.train.log_every == 0 || step + 1 == cfg.train.steps) {
         char line[256];

@@ -9,7 +9,10 @@
 
 #include "models/safetensors.h"
 #include "test_data_util.h"
+#include "data/loader.h"
+#include "models/llama.h"
 #include "trainer/checkpoint.h"
+#include "trainer/model_setup.h"
 #include "trainer/config.h"
 #include "trainer/error.h"
 #include "trainer/trainer.h"
@@ -95,6 +98,51 @@ TEST(Train, AccumulationAndRecomputationChangeNothing) {
     EXPECT_NEAR(accum.losses[i], base.losses[i], 1e-5 * std::abs(base.losses[i])) << i;
     EXPECT_NEAR(full.losses[i], base.losses[i], 1e-6 * std::abs(base.losses[i])) << i;
     EXPECT_NEAR(sel.losses[i], base.losses[i], 1e-6 * std::abs(base.losses[i])) << i;
+  }
+}
+
+// The first logged loss is the initial model's loss on step 0's global batch: recompute it
+// here from the loader and the seeded model, as a mean over tokens and as a mean over samples.
+TEST(Train, FirstLossIsTheTokenOrSampleMeanOfTheGlobalBatch) {
+  TempDir dir;
+  for (const char* mode : {"token", "sample"}) {
+    Config cfg = tiny(dir, std::string("run-") + mode, {"train.steps=1", std::string("data.loss_average=") + mode});
+    TrainResult r = train(cfg);
+    Llama model = build_model(cfg, /*prefer_run_dir=*/false, nullptr);
+    DataLoader loader(cfg, 0, 1, 4);
+    at::NoGradGuard no_grad;
+    double tokens = 0, samples = 0, token_sum = 0, sample_sum = 0;
+    for (int i = 0; i < 2; ++i) {  // 2 micro-batches of 2 make the global batch of 4
+      Batch b = loader.next();
+      at::Tensor logits = model->forward(b);
+      at::Tensor per_token = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), b.labels.reshape(-1), {},
+                                                    at::Reduction::None, kIgnoreIndex).view(b.labels.sizes());
+      token_sum += per_token.sum().item<double>();
+      tokens += static_cast<double>(b.loss_tokens);
+      // Samples: runs of positions starting at position 0, inside one row.
+      for (int64_t row = 0; row < b.labels.size(0); ++row) {
+        double s_loss = 0, s_tok = 0;
+        for (int64_t t = 0; t <= b.labels.size(1); ++t) {
+          bool boundary = t == b.labels.size(1) || b.position_ids[row][t].item<int64_t>() == 0;
+          if (boundary && t > 0 && s_tok > 0) sample_sum += s_loss / s_tok, samples += 1;
+          if (boundary) s_loss = 0, s_tok = 0;
+          if (t < b.labels.size(1) && b.labels[row][t].item<int64_t>() != kIgnoreIndex)
+            s_loss += per_token[row][t].item<double>(), s_tok += 1;
+        }
+      }
+    }
+    const double expected = std::string(mode) == "token" ? token_sum / tokens : sample_sum / samples;
+    EXPECT_NEAR(r.losses[0], expected, 1e-5 * expected) << mode;
+    EXPECT_GT(std::abs(token_sum / tokens - sample_sum / samples), 1e-4);  // the modes really differ
+    // metrics.jsonl counts every source's tokens of the global batch.
+    std::ifstream in(fs::path(cfg.train.run_dir) / "metrics.jsonl");
+    std::string line;
+    std::getline(in, line);
+    auto row = nlohmann::json::parse(line);
+    int64_t total = 0;
+    for (auto& [name, n] : row["source_tokens"].items()) total += n.get<int64_t>();
+    EXPECT_GT(total, 0);
+    EXPECT_LE(total, 4 * 32);
   }
 }
 
