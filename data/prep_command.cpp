@@ -81,10 +81,25 @@ int cmd_prep(int argc, char** argv) {
 }
 
 int cmd_tokenizer(int argc, char** argv) {
+  static const char* usage =
+      "usage: kiln tokenizer train --input FILE[,FILE...] --out PREFIX [--vocab-size N (2000)]\n"
+      "                            [--model-type bpe|unigram|char|word] [--character-coverage C (0.9995)]\n"
+      "                            [--max-sentences N (200000)] [--threads N (2)]\n"
+      "  Trains a sentencepiece model (PREFIX.model, PREFIX.vocab) on JSONL (text fields) or text\n"
+      "  files, with the special pieces of every built-in chat template defined.\n";
+  const bool help = argc >= 3 && (!std::strcmp(argv[2], "--help") || !std::strcmp(argv[2], "-h"));
+  if (help) {
+    std::printf("%s", usage);
+    return 0;
+  }
   if (argc < 3 || std::strcmp(argv[2], "train") != 0)
     user_error("tokenizer: expected `kiln tokenizer train --input FILE[,FILE] --out PREFIX --vocab-size N`");
   const Args o = parse_args(argc, argv, 3, {"input", "out", "vocab-size", "model-type", "max-sentences", "threads", "character-coverage"},
                             {});
+  if (o.help) {
+    std::printf("%s", usage);
+    return 0;
+  }
   TokenizerTrainOptions opt;
   opt.out_prefix = o.get("out");
   opt.vocab_size = o.get_int("vocab-size", 2000);

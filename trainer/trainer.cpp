@@ -257,9 +257,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
       metrics << row.dump() << "\n" << std::flush;
       if ((step + 1) % cfg.train.log_every == 0 || step + 1 == cfg.train.steps) {
         char line[256];
-        std::snprintf(line, sizeof(line), "step %lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | eta %s",
+        std::snprintf(line, sizeof(line),
+                      "step %lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | peak mem %.2f GiB | eta %s",
                       static_cast<long long>(step + 1), static_cast<long long>(cfg.train.steps), loss, lr, norm,
-                      step_tokens / dt, format_duration(eta).c_str());
+                      step_tokens / dt, peak_memory_bytes(setup.device) / double(1 << 30), format_duration(eta).c_str());
         log0(line);
       }
     }

@@ -24,7 +24,8 @@ explain=$("$KILN" plan --explain)
 echo "$explain" | grep -q "^train.lr  *0.0003 " || die "plan --explain lacks train.lr: $explain"
 plan=$("$KILN" plan "$WORK/tiny.yaml")
 echo "$plan" | grep -q "^parameters: " || die "plan prints no parameter count: $plan"
-for v in train eval plan generate export prep; do "$KILN" $v --help >/dev/null || die "$v --help"; done
+for v in train eval plan generate export prep tokenizer; do "$KILN" $v --help >/dev/null || die "$v --help"; done
+"$KILN" tokenizer train --help | grep -q "usage: kiln tokenizer train" || die "tokenizer train --help"
 echo "cli errors: ok"
 # The key reference in docs/ is what the binary says.
 diff <("$KILN" plan --explain) "$ROOT/docs/config-keys.txt" >/dev/null || die "docs/config-keys.txt is stale: build/kiln plan --explain > docs/config-keys.txt"
