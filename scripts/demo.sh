@@ -15,7 +15,7 @@ echo
 echo "== loss over training (metrics.jsonl)"
 python3 - runs/tiny-pretrain/metrics.jsonl <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [r for r in map(json.loads, open(sys.argv[1])) if "loss" in r]
 for r in rows[:: max(1, len(rows) // 10)] + [rows[-1]]:
     bar = "#" * int(r["loss"] * 6)
     print(f"step {r['step']:4d}  loss {r['loss']:.3f}  {bar}")

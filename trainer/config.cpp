@@ -359,7 +359,6 @@ std::vector<Key> schema(Config& cfg) {
       int_key("parallel.bucket_mb", &p.bucket_mb, 1, 1 << 20, "gradient bucket size in MiB"),
       int_key("checkpoint.every", &k.every, 0, kMax, "steps between checkpoints, 0 = only at the end"),
       int_key("checkpoint.keep_last", &k.keep_last, 1, kMax, "checkpoints kept (older ones deleted)"),
-      bool_key("checkpoint.async", &k.async, "write checkpoints in the background"),
       int_key("lora.rank", &l.rank, 0, 4096, "LoRA rank, 0 = off"),
       num_key("lora.alpha", &l.alpha, 0, 1e6, "LoRA alpha", true),
       num_key("lora.dropout", &l.dropout, 0, 0.999, "LoRA dropout"),

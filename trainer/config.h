@@ -75,7 +75,6 @@ struct ParallelConfig {
 struct CheckpointConfig {
   int64_t every = 0;                // 0 = only at the end
   int64_t keep_last = 2;
-  bool async = false;
 };
 
 struct LoraConfig {

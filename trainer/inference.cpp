@@ -15,27 +15,33 @@
 
 namespace kiln {
 
-EvalResult evaluate(const Config& cfg) {
+EvalResult evaluate_model(LlamaImpl& model, const Config& cfg, const c10::Device& device, Communicator* dp) {
   if (cfg.data.eval.empty()) user_error("data.eval: not set; name the eval data (a .jsonl, data.json or prepared dir)");
+  const bool was_training = model.is_training();
+  model.eval();
+  at::NoGradGuard no_grad;
+  EvalLoader loader(cfg, dp ? dp->rank() : 0, dp ? dp->size() : 1);
+  at::Tensor sums = at::zeros({2}, at::kDouble);  // [loss sum, trained tokens]
+  Batch b;
+  while (loader.next(b)) {
+    Batch db{b.input_ids.to(device), b.labels.to(device), b.position_ids.to(device), b.packed, b.loss_tokens, {}};
+    sums[0] += lm_loss_sum(model.forward(db), db.labels).item<double>();
+    sums[1] += static_cast<double>(b.loss_tokens);
+  }
+  if (dp) dp->all_reduce(sums);
+  if (was_training) model.train();
+  const double tokens = sums[1].item<double>();
+  if (tokens == 0) user_error("data.eval: ", cfg.data.eval, " has no trained tokens");
+  return {sums[0].item<double>() / tokens, static_cast<int64_t>(tokens)};
+}
+
+EvalResult evaluate(const Config& cfg) {
   ComputeSetup setup = compute_setup(cfg);
   std::string from;
   Llama model = build_model(cfg, /*prefer_run_dir=*/true, &from);
   model->to(setup.device, setup.dtype);
-  model->eval();
   log0("eval: weights from ", from);
-  at::NoGradGuard no_grad;
-  EvalLoader loader(cfg, 0, 1);
-  double loss_sum = 0;
-  int64_t tokens = 0;
-  Batch b;
-  while (loader.next(b)) {
-    at::Tensor logits = model->forward(Batch{b.input_ids.to(setup.device), b.labels.to(setup.device),
-                                             b.position_ids.to(setup.device), b.packed, b.loss_tokens, {}});
-    loss_sum += lm_loss_sum(logits, b.labels.to(setup.device)).item<double>();
-    tokens += b.loss_tokens;
-  }
-  if (tokens == 0) user_error("data.eval: ", cfg.data.eval, " has no trained tokens");
-  return {loss_sum / static_cast<double>(tokens), tokens};
+  return evaluate_model(*model, cfg, setup.device, nullptr);
 }
 
 std::string generate_text(const Config& cfg, const std::string& prompt) {

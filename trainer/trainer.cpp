@@ -101,6 +101,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     user_error("parallel.tp / parallel.pp > 1: tensor and pipeline parallelism are not in this build yet; "
                "valid: tp: 1, pp: 1 (data parallel with parallel.zero 0-3)");
   if (cfg.lora.rank > 0) user_error("lora.rank: LoRA is not in this build yet; valid: 0");
+  if (cfg.parallel.sequence_parallel) user_error("parallel.sequence_parallel: needs tensor parallelism, not in this build yet; valid: false");
+  if (cfg.train.eval_every > 0 && cfg.data.eval.empty()) user_error("train.eval_every: ", cfg.train.eval_every, " needs data.eval");
   if (cfg.train.threads > 0) at::set_num_threads(static_cast<int>(cfg.train.threads));
 
   Mesh mesh(make_world_communicator(cfg.parallel.backend, setup.device.is_cuda(), cfg.parallel.timeout_s),
@@ -265,6 +267,11 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
       }
     }
 
+    if (cfg.train.eval_every > 0 && ((step + 1) % cfg.train.eval_every == 0 || step + 1 == cfg.train.steps)) {
+      EvalResult ev = evaluate_model(*model, cfg, setup.device, &dp);
+      log0("eval at step ", step + 1, ": loss ", ev.loss, " over ", ev.tokens, " tokens");
+      if (rank0) metrics << nlohmann::json{{"step", step + 1}, {"eval_loss", ev.loss}, {"eval_tokens", ev.tokens}}.dump() << "\n" << std::flush;
+    }
     const bool last = step + 1 == cfg.train.steps;
     const bool exit_now = opts.exit_after > 0 && steps_this_run >= opts.exit_after;
     at::Tensor stop = at::full({1}, static_cast<double>(g_stop_signal.load()), at::kDouble);

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <c10/core/Device.h>
+
 #include "trainer/config.h"
 
 namespace kiln {
@@ -28,6 +30,11 @@ struct EvalResult {
   int64_t tokens = 0;
 };
 EvalResult evaluate(const Config& cfg);
+// The same on a model in hand; with a data-parallel group each rank takes its share of data.eval
+// and the result is the global mean (collective over dp).
+class LlamaImpl;
+class Communicator;
+EvalResult evaluate_model(LlamaImpl& model, const Config& cfg, const c10::Device& device, Communicator* dp);
 
 std::string generate_text(const Config& cfg, const std::string& prompt);
 

@@ -25,7 +25,7 @@ YAML
 }
 
 # The losses of a run, one per line, as written (full precision).
-losses() { python3 -c 'import json,sys; [print(repr(json.loads(l)["loss"])) for l in open(sys.argv[1])]' "$1/metrics.jsonl"; }
+losses() { python3 -c 'import json,sys; [print(repr(r["loss"])) for r in map(json.loads, open(sys.argv[1])) if "loss" in r]' "$1/metrics.jsonl"; }
 
 # Two loss files agree within a relative tolerance.
 close() {

@@ -39,7 +39,10 @@ Config tiny(const TempDir& dir, const std::string& run, std::vector<std::string>
 std::vector<double> metric_losses(const std::string& run_dir) {
   std::vector<double> out;
   std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  for (std::string line; std::getline(in, line);) {
+    auto row = nlohmann::json::parse(line);
+    if (row.contains("loss")) out.push_back(row["loss"].get<double>());  // eval rows have eval_loss
+  }
   return out;
 }
 
@@ -144,6 +147,24 @@ TEST(Train, FirstLossIsTheTokenOrSampleMeanOfTheGlobalBatch) {
     EXPECT_GT(total, 0);
     EXPECT_LE(total, 4 * 32);
   }
+}
+
+TEST(Train, EvalEveryLogsWhatEvalPrints) {
+  TempDir dir;
+  Config cfg = tiny(dir, "run", {"train.eval_every=3", "data.eval=" + (dir / "pretrain.jsonl")});
+  train(cfg);
+  std::vector<std::pair<int64_t, double>> evals;
+  std::ifstream in(fs::path(cfg.train.run_dir) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto row = nlohmann::json::parse(line);
+    if (row.contains("eval_loss")) evals.emplace_back(row["step"].get<int64_t>(), row["eval_loss"].get<double>());
+  }
+  ASSERT_EQ(evals.size(), 2u);
+  EXPECT_EQ(evals[0].first, 3);
+  EXPECT_EQ(evals[1].first, 6);
+  EXPECT_LT(evals[1].second, evals[0].second);
+  EvalResult final_eval = evaluate(cfg);  // the latest checkpoint: step 6
+  EXPECT_NEAR(final_eval.loss, evals[1].second, 1e-6 * final_eval.loss);
 }
 
 TEST(Train, BrokenCheckpointsAreNamed) {
