@@ -67,8 +67,6 @@ inline Batch rows_of_step(int step, int64_t first, int64_t count, const ZeroRunS
   b.labels = rows.narrow(1, 1, spec.seq_len).contiguous();
   b.position_ids = at::arange(spec.seq_len, at::kLong).expand({count, spec.seq_len}).contiguous();
   b.loss_tokens = count * spec.seq_len;
-  // One document per row, marked packed so attention takes the explicit block-causal mask.
-  b.packed = true;
   return b;
 }
 
