@@ -35,6 +35,17 @@ for n in 2 4; do
   fi
 done
 
+# The same collectives with MPI calls capped at 2 elements: every large-count path (rounds,
+# strided all_gather, all_gather_v by broadcasts, reduce_scatter rounds) against closed forms.
+log=$LOG_DIR/tests-np4-chunked.log
+if KILN_MPI_MAX_COUNT=2 timeout 300 "${MPIRUN[@]}" -x KILN_MPI_MAX_COUNT -np 4 "$BIN" \
+  --gtest_color=no --gtest_filter='Collectives.*:Groups.*' >"$log" 2>&1; then
+  pass "kiln_parallel_tests -np 4, MPI counts capped at 2"
+else
+  grep -E '^\[  FAILED  \]|failure$' "$log" | sort -u | head -20
+  fail "kiln_parallel_tests -np 4, MPI counts capped at 2" "$log"
+fi
+
 # Dead peer: rank 1 leaves (or hangs) between two all-reduces with a 3 s collective timeout.
 # The job must end non-zero well within the 60 s guard (124 from timeout means it hung).
 fault_timeout=3
