@@ -6,6 +6,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -82,6 +85,67 @@ void process_line(const std::string& line, const SourceJob& job, LineResult& r) 
   }
 }
 
+// N long-lived threads that each run job(worker) once per run() call; run() waits for all.
+// Long-lived so that the tokenizer's per-thread word caches survive from block to block.
+class WorkerPool {
+ public:
+  explicit WorkerPool(int64_t n) {
+    for (int64_t w = 0; w < n; ++w) threads_.emplace_back([this, w] { loop(w); });
+  }
+  ~WorkerPool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void run(const std::function<void(int64_t)>& job) {
+    std::unique_lock<std::mutex> lock(mu_);
+    job_ = &job;
+    pending_ = static_cast<int64_t>(threads_.size());
+    errors_.clear();
+    ++generation_;
+    cv_.notify_all();
+    done_.wait(lock, [&] { return pending_ == 0; });
+    job_ = nullptr;
+    if (!errors_.empty()) std::rethrow_exception(errors_.front());
+  }
+
+ private:
+  void loop(int64_t w) {
+    uint64_t seen = 0;
+    while (true) {
+      const std::function<void(int64_t)>* job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        job = job_;
+      }
+      std::exception_ptr err;
+      try {
+        (*job)(w);
+      } catch (...) {
+        err = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      if (err) errors_.push_back(err);
+      if (--pending_ == 0) done_.notify_all();
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable cv_, done_;
+  const std::function<void(int64_t)>* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int64_t pending_ = 0;
+  bool stop_ = false;
+  std::vector<std::exception_ptr> errors_;
+};
+
 class Progress {
  public:
   Progress(bool on, int64_t total_bytes)
@@ -108,7 +172,7 @@ class Progress {
 };
 
 // Reads and tokenizes one source into `writer`, returning its stats.
-json prep_source(const SourceJob& job, const PrepOptions& opt, TokenStoreWriter& writer, Progress& progress,
+json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool, TokenStoreWriter& writer, Progress& progress,
                  int64_t& bytes_done, int64_t& tokens_done, std::vector<int64_t>& lengths) {
   const MixtureSource& src = *job.src;
   std::ifstream in(src.path, std::ios::binary);
@@ -140,12 +204,9 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, TokenStoreWriter&
     }
     results.assign(buf.size(), LineResult{});
     const size_t per = (buf.size() + workers - 1) / workers;
-    std::vector<std::thread> threads;
-    for (int64_t w = 0; w < workers && size_t(w) * per < buf.size(); ++w)
-      threads.emplace_back([&, w] {
-        for (size_t i = w * per; i < std::min(buf.size(), (w + 1) * per); ++i) process_line(buf[i], job, results[i]);
-      });
-    for (auto& t : threads) t.join();
+    pool.run([&](int64_t w) {
+      for (size_t i = w * per; i < std::min(buf.size(), (w + 1) * per); ++i) process_line(buf[i], job, results[i]);
+    });
     for (size_t i = 0; i < results.size(); ++i) {
       LineResult& r = results[i];
       if (!r.category.empty()) {
@@ -308,9 +369,10 @@ json run_prep(const PrepOptions& opt) {
     json manifest = {{"format", "kiln-token-store"}, {"version", 1}, {"tokenizer", opt.tokenizer},
                      {"vocab_size", tok.vocab_size()}, {"bos_id", tok.bos_id()}, {"eos_id", tok.eos_id()},
                      {"pad_id", tok.pad_id()}, {"sources", json::array()}};
+    WorkerPool pool(opt.workers);
     for (size_t k = 0; k < jobs.size(); ++k) {
       TokenStoreWriter writer(tmp.string(), "source_" + std::to_string(k));
-      json st = prep_source(jobs[k], opt, writer, progress, bytes, tokens, lengths);
+      json st = prep_source(jobs[k], opt, pool, writer, progress, bytes, tokens, lengths);
       writer.finish();
       manifest["sources"].push_back({{"name", sources[k].name}, {"weight", sources[k].weight},
                                      {"prefix", "source_" + std::to_string(k)}, {"docs", writer.docs()},

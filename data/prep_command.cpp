@@ -83,7 +83,7 @@ int cmd_prep(int argc, char** argv) {
 int cmd_tokenizer(int argc, char** argv) {
   if (argc < 3 || std::strcmp(argv[2], "train") != 0)
     user_error("tokenizer: expected `kiln tokenizer train --input FILE[,FILE] --out PREFIX --vocab-size N`");
-  const Args o = parse_args(argc, argv, 3, {"input", "out", "vocab-size", "model-type", "max-sentences", "threads"},
+  const Args o = parse_args(argc, argv, 3, {"input", "out", "vocab-size", "model-type", "max-sentences", "threads", "character-coverage"},
                             {});
   TokenizerTrainOptions opt;
   opt.out_prefix = o.get("out");
@@ -91,6 +91,11 @@ int cmd_tokenizer(int argc, char** argv) {
   opt.model_type = o.get("model-type", "bpe");
   opt.max_sentences = o.get_int("max-sentences", 200000);
   opt.threads = o.get_int("threads", 2);
+  const std::string coverage = o.get("character-coverage", "0.9995");
+  char* end = nullptr;
+  opt.character_coverage = std::strtod(coverage.c_str(), &end);
+  if (coverage.empty() || *end != '\0' || !(opt.character_coverage > 0 && opt.character_coverage <= 1))
+    user_error("--character-coverage: expected a number in (0, 1], got '", coverage, "'");
   const std::string inputs = o.get("input");
   if (inputs.empty() || opt.out_prefix.empty())
     user_error("tokenizer train: --input FILE[,FILE] and --out PREFIX are required");

@@ -20,6 +20,12 @@ class Tokenizer {
   Tokenizer& operator=(const Tokenizer&) = delete;
 
   std::vector<int32_t> encode(const std::string& text) const;  // no bos/eos added
+  // encode() without the word cache (see word_cache()); the same ids, slower.
+  std::vector<int32_t> encode_plain(const std::string& text) const;
+  // True when encode() may cache the ids of each space-led word: a BPE model that splits at
+  // whitespace and neither normalizes text nor adds a dummy prefix (as `kiln tokenizer train`
+  // makes them), so that encoding word by word gives exactly the ids of the whole text.
+  bool word_cache() const { return word_cache_; }
   std::string decode(const std::vector<int32_t>& ids) const;
   int32_t bos_id() const;
   int32_t eos_id() const;
@@ -34,6 +40,8 @@ class Tokenizer {
  private:
   std::string path_;
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  bool word_cache_ = false;
+  uint64_t instance_ = 0;  // tells the per-thread word caches of different tokenizers apart
 };
 
 // Special pieces every built-in chat template needs; `kiln tokenizer train` defines them all.

@@ -3,22 +3,16 @@
 #include "models/hf.h"
 
 #include <ATen/core/grad_mode.h>
-#include <ftw.h>
 #include <torch/nn/module.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
-
-#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "models/safetensors.h"
 #include "trainer/error.h"
+#include "trainer/file_io.h"
 
 namespace kiln {
 namespace {
@@ -67,7 +61,8 @@ class ConfigReader {
   }
   int64_t integer(const char* key) const {
     const json& v = at(key);
-    if (!v.is_number_integer()) user_error(path_, ": key '", prefix_, key, "' must be an integer, not ", v.dump());
+    if (!v.is_number_integer())
+      user_error(path_, ": key '", prefix_, key, "' must be an integer, not ", v.dump());
     return v.get<int64_t>();
   }
   int64_t positive(const char* key) const {
@@ -84,7 +79,8 @@ class ConfigReader {
   bool boolean(const char* key, bool def) const {
     if (!has(key)) return def;
     const json& v = obj_.at(key);
-    if (!v.is_boolean()) user_error(path_, ": key '", prefix_, key, "' must be true or false, not ", v.dump());
+    if (!v.is_boolean())
+      user_error(path_, ": key '", prefix_, key, "' must be true or false, not ", v.dump());
     return v.get<bool>();
   }
   std::string string(const char* key) const {
@@ -109,9 +105,12 @@ void read_rope(const json& top, const std::string& path, ModelConfig& cfg) {
   ConfigReader rr(r, path, std::string(key) + ".");
   if (rr.has("rope_theta")) cfg.rope_theta = rr.number("rope_theta");
   std::string type;
-  if (rr.has("rope_type")) type = rr.string("rope_type");
-  else if (rr.has("type")) type = rr.string("type");
-  else user_error(path, ": missing required key '", key, ".rope_type'");
+  if (rr.has("rope_type"))
+    type = rr.string("rope_type");
+  else if (rr.has("type"))
+    type = rr.string("type");
+  else
+    user_error(path, ": missing required key '", key, ".rope_type'");
 
   RopeScaling& s = cfg.rope_scaling;
   if (type == "default") {
@@ -141,11 +140,16 @@ int64_t tensor_bytes(const at::Tensor& t) { return t.numel() * static_cast<int64
 
 std::string torch_dtype_name(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "float32";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    case at::kDouble: return "float64";
-    default: return c10::toString(t);
+    case at::kFloat:
+      return "float32";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kHalf:
+      return "float16";
+    case at::kDouble:
+      return "float64";
+    default:
+      return c10::toString(t);
   }
 }
 
@@ -161,8 +165,11 @@ json hf_config_json(const ModelConfig& cfg, const std::string& dtype) {
     rope = {{"rope_type", "dynamic"}, {"factor", s.factor}};
     max_pos = orig;  // transformers' dynamic NTK measures growth against max_position_embeddings
   } else if (s.type == "llama3") {
-    rope = {{"rope_type", "llama3"}, {"factor", s.factor}, {"low_freq_factor", s.low_freq_factor},
-            {"high_freq_factor", s.high_freq_factor}, {"original_max_position_embeddings", orig}};
+    rope = {{"rope_type", "llama3"},
+            {"factor", s.factor},
+            {"low_freq_factor", s.low_freq_factor},
+            {"high_freq_factor", s.high_freq_factor},
+            {"original_max_position_embeddings", orig}};
   } else {
     KILN_CHECK(s.type == "none", "unknown rope scaling type '", s.type, "'");
   }
@@ -195,7 +202,8 @@ json hf_config_json(const ModelConfig& cfg, const std::string& dtype) {
 
 ModelConfig read_hf_config(const std::string& dir) {
   const std::string path = dir + "/config.json";
-  if (!fs::is_directory(dir)) user_error(dir, ": not a directory (model.init_from hf:DIR needs an HF model directory)");
+  if (!fs::is_directory(dir))
+    user_error(dir, ": not a directory (model.init_from hf:DIR needs an HF model directory)");
   const json j = read_json(path);
   if (!j.is_object()) user_error(path, ": must be a JSON object");
   ConfigReader c(j, path);
@@ -223,16 +231,19 @@ ModelConfig read_hf_config(const std::string& dir) {
   read_rope(j, path, cfg);
 
   if (cfg.hidden_size % cfg.num_heads != 0)
-    user_error(path, ": hidden_size ", cfg.hidden_size, " is not divisible by num_attention_heads ", cfg.num_heads);
+    user_error(path, ": hidden_size ", cfg.hidden_size, " is not divisible by num_attention_heads ",
+               cfg.num_heads);
   if (cfg.num_heads % cfg.num_kv_heads != 0)
     user_error(path, ": num_attention_heads ", cfg.num_heads, " is not divisible by num_key_value_heads ",
                cfg.num_kv_heads);
   if (c.has("head_dim") && c.integer("head_dim") != cfg.head_dim())
-    user_error(path, ": head_dim ", c.integer("head_dim"), " differs from hidden_size / num_attention_heads = ",
-               cfg.head_dim(), "; kiln supports only head_dim = hidden_size / num_attention_heads");
+    user_error(path, ": head_dim ", c.integer("head_dim"),
+               " differs from hidden_size / num_attention_heads = ", cfg.head_dim(),
+               "; kiln supports only head_dim = hidden_size / num_attention_heads");
   if (c.has("hidden_act") && c.string("hidden_act") != "silu")
     user_error(path, ": hidden_act '", c.string("hidden_act"), "' is not supported (valid: silu)");
-  if (c.boolean("attention_bias", false)) user_error(path, ": attention_bias true is not supported (valid: false)");
+  if (c.boolean("attention_bias", false))
+    user_error(path, ": attention_bias true is not supported (valid: false)");
   if (c.boolean("mlp_bias", false)) user_error(path, ": mlp_bias true is not supported (valid: false)");
   return cfg;
 }
@@ -250,7 +261,8 @@ HfWeights::HfWeights(const std::string& dir) : dir_(dir) {
   }
   if (!fs::is_regular_file(index)) {
     if (!fs::is_directory(dir)) user_error(dir, ": not a directory");
-    user_error(dir, ": has neither model.safetensors nor model.safetensors.index.json (PyTorch .bin "
+    user_error(dir,
+               ": has neither model.safetensors nor model.safetensors.index.json (PyTorch .bin "
                "checkpoints are not read; re-save with save_pretrained(safe_serialization=True))");
   }
   source_ = index;
@@ -291,12 +303,26 @@ const SafetensorsFile& HfWeights::file_of(const std::string& name) const {
 
 at::Tensor HfWeights::tensor(const std::string& name) const { return file_of(name).tensor(name); }
 
-std::vector<int64_t> HfWeights::shape(const std::string& name) const { return file_of(name).info(name).shape; }
+std::vector<int64_t> HfWeights::shape(const std::string& name) const {
+  return file_of(name).info(name).shape;
+}
 
 // ---------------------------------------------------------------------------------------------
 
+// Baichuan2 (model_type baichuan, vocab 125696; Baichuan 1 has 64000) computes logits with a
+// NormHead: the L2-normalised rows of lm_head.weight. kiln's plain head loads the normalised rows,
+// as the usual Baichuan2 -> Llama conversion does, so the loaded model gives the same logits.
+static bool has_norm_head(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  if (!fs::is_regular_file(path)) return false;
+  const json j = read_json(path);
+  if (!j.is_object() || !j.contains("model_type") || !j.contains("vocab_size")) return false;
+  return j["model_type"] == "baichuan" && j["vocab_size"] == 125696;
+}
+
 void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool partial) {
   HfWeights w(dir);
+  const bool norm_head = has_norm_head(dir);
   at::NoGradGuard no_grad;
   const auto params = model.named_parameters(/*recurse=*/true);
   std::set<std::string> used;
@@ -316,7 +342,8 @@ void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool part
       // Baichuan: model.layers.N.self_attn.W_pack.weight (3h, h) = [q; k; v].
       for (int part = 0; part < 3 && !src.defined(); ++part) {
         if (!ends_with(name, std::string("self_attn.") + kQkv[part])) continue;
-        const std::string pack = name.substr(0, name.size() - std::string(kQkv[part]).size()) + "W_pack.weight";
+        const std::string pack =
+            name.substr(0, name.size() - std::string(kQkv[part]).size()) + "W_pack.weight";
         if (!w.contains(pack)) break;
         at::Tensor packed = w.tensor(pack);
         from = w.file_of(pack).path();
@@ -339,13 +366,18 @@ void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool part
     if (!at::isFloatingType(src.scalar_type()))
       user_error(from, ": tensor '", name, "': dtype ", c10::toString(src.scalar_type()),
                  " cannot be loaded into a floating-point parameter");
+    if (norm_head && name == "lm_head.weight") {
+      at::Tensor rows = src.to(at::kFloat);  // (V, h)
+      src = rows / rows.norm(/*p=*/2, /*dim=*/{1}, /*keepdim=*/true).clamp_min(1e-12);
+    }
     param.copy_(src);
   }
 
   if (!missing.empty())
-    user_error(w.source(), ": tensor '", missing[0], "' is missing",
-               missing.size() > 1 ? str(" (", missing.size(), " missing in all: ", some_names(missing), ")") : "",
-               "; the model needs every one of its parameters");
+    user_error(
+        w.source(), ": tensor '", missing[0], "' is missing",
+        missing.size() > 1 ? str(" (", missing.size(), " missing in all: ", some_names(missing), ")") : "",
+        "; the model needs every one of its parameters");
   if (partial) return;
   const bool tied = !params.contains("lm_head.weight") && params.contains("model.embed_tokens.weight");
   std::vector<std::string> unused;
@@ -355,8 +387,9 @@ void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool part
     unused.push_back(name);
   }
   if (!unused.empty())
-    user_error(w.source(), ": ", unused.size(), " tensor(s) in the file are not used by the model: ",
-               some_names(unused), " (does config.json match the model config?)");
+    user_error(w.source(), ": ", unused.size(),
+               " tensor(s) in the file are not used by the model: ", some_names(unused),
+               " (does config.json match the model config?)");
 }
 
 // ---------------------------------------------------------------------------------------------

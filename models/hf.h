@@ -56,7 +56,8 @@ class HfWeights {
 // a tensor the model needs is missing; a shape differs (both shapes given); the file holds
 // tensors the model does not use — except rotary inv_freq buffers and lm_head.weight when the
 // model ties it. With partial = true (a pipeline stage holding some layers) unused tensors are
-// allowed. Baichuan's fused W_pack (3h, h) is split into q_proj, k_proj, v_proj.
+// allowed. Baichuan's fused W_pack (3h, h) is split into q_proj, k_proj, v_proj; Baichuan2's
+// NormHead (vocab 125696) becomes a plain head holding the L2-normalised rows of lm_head.weight.
 void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool partial = false);
 
 // Writes an HF LlamaForCausalLM directory: config.json (model_type llama, torch_dtype of the

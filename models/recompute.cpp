@@ -14,12 +14,14 @@ struct FnHolder : torch::CustomClassHolder {
 };
 
 struct RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list inputs,
+  // inputs as a TensorList: autograd counts each of its tensors as an input (a std::vector
+  // would be taken for one non-tensor argument and the output would have no grad_fn).
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::TensorList inputs,
                             c10::intrusive_ptr<FnHolder> holder) {
     ctx->saved_data["fn"] = c10::IValue::make_capsule(holder);
-    ctx->save_for_backward(inputs);
+    ctx->save_for_backward(inputs.vec());
     at::NoGradGuard no_grad;
-    return holder->fn(inputs);
+    return holder->fn(inputs.vec());
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -54,7 +56,7 @@ struct RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
 }  // namespace
 
 at::Tensor recompute(const std::vector<at::Tensor>& inputs, TensorFn fn) {
-  return RecomputeFunction::apply(inputs, c10::make_intrusive<FnHolder>(std::move(fn)));
+  return RecomputeFunction::apply(at::TensorList(inputs), c10::make_intrusive<FnHolder>(std::move(fn)));
 }
 
 }  // namespace kiln

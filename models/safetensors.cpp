@@ -33,10 +33,9 @@ struct DtypeInfo {
 };
 
 constexpr DtypeInfo kDtypes[] = {
-    {"F64", at::kDouble, 8}, {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2},
-    {"BF16", at::kBFloat16, 2}, {"I64", at::kLong, 8}, {"I32", at::kInt, 4},
-    {"I16", at::kShort, 2}, {"I8", at::kChar, 1}, {"U8", at::kByte, 1},
-    {"BOOL", at::kBool, 1},
+    {"F64", at::kDouble, 8}, {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2},  {"BF16", at::kBFloat16, 2},
+    {"I64", at::kLong, 8},   {"I32", at::kInt, 4},   {"I16", at::kShort, 2}, {"I8", at::kChar, 1},
+    {"U8", at::kByte, 1},    {"BOOL", at::kBool, 1},
 };
 
 const DtypeInfo* find_dtype(const std::string& name) {
@@ -57,7 +56,6 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-
 // A JSON number that is a whole number in [0, 2^63).
 bool as_nonneg_int(const json& v, int64_t* out) {
   if (v.is_number_unsigned()) {
@@ -72,9 +70,6 @@ bool as_nonneg_int(const json& v, int64_t* out) {
   }
   return false;
 }
-
-
-
 
 }  // namespace
 
@@ -97,25 +92,21 @@ std::string safetensors_dtype_name(at::ScalarType type) {
   return "";
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // MappedFile
-
-
 
 // ---------------------------------------------------------------------------------------------
 // SafetensorsFile
 
-SafetensorsFile::SafetensorsFile(const std::string& path)
-    : file_(std::make_shared<MappedFile>(path)) {
+SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_shared<MappedFile>(path)) {
   const int64_t size = file_->size();
   if (size < 8)
     user_error(path, ": file is ", size, " bytes, too short for the 8-byte header length (truncated?)");
   uint64_t n = 0;
   std::memcpy(&n, file_->data(), 8);
   if (n > static_cast<uint64_t>(size - 8))
-    user_error(path, ": header length ", n, " is larger than the file (", size,
-               " bytes; at most ", size - 8, ")");
+    user_error(path, ": header length ", n, " is larger than the file (", size, " bytes; at most ", size - 8,
+               ")");
   data_start_ = 8 + static_cast<int64_t>(n);
   const int64_t data_size = size - data_start_;
 
@@ -134,8 +125,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
     if (name == "__metadata__") {
       if (!v.is_object()) user_error(path, ": __metadata__ must be an object of strings");
       for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string())
-          user_error(path, ": __metadata__ '", m.key(), "' must be a string");
+        if (!m.value().is_string()) user_error(path, ": __metadata__ '", m.key(), "' must be a string");
         metadata_[m.key()] = m.value().get<std::string>();
       }
       continue;
@@ -159,18 +149,20 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
       int64_t dim = 0;
       if (!as_nonneg_int(d, &dim)) bad("shape ", v["shape"].dump(), " must hold non-negative integers");
       e.shape.push_back(dim);
-      if (dim != 0 && bytes > std::numeric_limits<int64_t>::max() / dim) overflow = true;
-      else bytes *= dim;
+      if (dim != 0 && bytes > std::numeric_limits<int64_t>::max() / dim)
+        overflow = true;
+      else
+        bytes *= dim;
     }
     if (!as_nonneg_int(v["data_offsets"][0], &e.begin) || !as_nonneg_int(v["data_offsets"][1], &e.end))
       bad("data_offsets ", v["data_offsets"].dump(), " must be non-negative integers");
     if (e.begin > e.end) bad("data_offsets [", e.begin, ", ", e.end, "] have begin > end");
     if (e.end > data_size)
-      bad("data_offsets [", e.begin, ", ", e.end, "] run past the end of the data section (",
-          data_size, " bytes; file truncated?)");
+      bad("data_offsets [", e.begin, ", ", e.end, "] run past the end of the data section (", data_size,
+          " bytes; file truncated?)");
     if (overflow || e.end - e.begin != bytes)
-      bad("data_offsets [", e.begin, ", ", e.end, "] hold ", e.end - e.begin, " bytes but ", e.dtype,
-          " ", shape_str(e.shape), " needs ", overflow ? std::string("more than 2^63") : std::to_string(bytes));
+      bad("data_offsets [", e.begin, ", ", e.end, "] hold ", e.end - e.begin, " bytes but ", e.dtype, " ",
+          shape_str(e.shape), " needs ", overflow ? std::string("more than 2^63") : std::to_string(bytes));
     entries_.emplace(name, std::move(e));
   }
 
@@ -221,7 +213,8 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
     return out;
   }
   std::shared_ptr<MappedFile> keep = file_;
-  return at::from_blob(ptr, e.shape, [keep](void*) mutable { keep.reset(); }, opts);
+  return at::from_blob(
+      ptr, e.shape, [keep](void*) mutable { keep.reset(); }, opts);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,6 +251,5 @@ void write_safetensors(const std::string& path,
       if (c.nbytes() > 0) write_all(fd, c.data_ptr(), c.nbytes(), tmp);
   });
 }
-
 
 }  // namespace kiln

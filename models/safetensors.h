@@ -23,7 +23,6 @@
 
 namespace kiln {
 
-
 struct SafetensorsEntry {
   std::string dtype;           // F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL
   std::vector<int64_t> shape;  // [] for a scalar
@@ -59,11 +58,9 @@ void write_safetensors(const std::string& path,
                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
-
 // "F32" <-> at::kFloat etc. UserError for a name outside the supported set.
 at::ScalarType safetensors_dtype(const std::string& name);
 std::string safetensors_dtype_name(at::ScalarType type);  // KILN_CHECK for unsupported types
 int64_t safetensors_itemsize(const std::string& name);
-
 
 }  // namespace kiln

@@ -79,7 +79,17 @@ cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE="${KILN_BUILD_TYPE:-Release}" \
   -DCMAKE_PREFIX_PATH="$torch_cmake" -DKILN_CUDA=$cuda \
   -DKILN_PYTHON="${python_for_tests}" >"$build.cmake.log" 2>&1 \
   || { cat "$build.cmake.log" >&2; exit 1; }
-cmake --build "$build" -j "${KILN_JOBS:-$(nproc)}" 2>&1 | grep -vE '^\[ *[0-9]+%\] (Building|Linking)' || true
-[ "${PIPESTATUS[0]}" = 0 ] && [ -x "$build/kiln" ] || { say "build failed"; exit 1; }
+set +e
+cmake --build "$build" -j "${KILN_JOBS:-$(nproc)}" 2>&1 | grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)'
+rc=${PIPESTATUS[0]}
+set -e
+[ "$rc" = 0 ] && [ -x "$build/kiln" ] || { say "build failed"; exit 1; }
 echo "${python_for_tests}" > "$build/python_path"
 say "built $build/kiln"
+
+# 4. The bundled example corpus and tokenizer (generated from Debian's fortune packages).
+corpus=$here/configs/examples/corpus
+if [ ! -f "$corpus/tokenizer.model" ] || [ ! -f "$corpus/data.json" ]; then
+  say "making the example corpus in $corpus"
+  KILN="$build/kiln" "$here/scripts/make-example-corpus.sh" "$corpus"
+fi

@@ -15,6 +15,7 @@
 #include <limits>
 #include <sstream>
 
+#include "models/hf.h"
 #include "trainer/error.h"
 
 namespace fs = std::filesystem;
@@ -112,6 +113,28 @@ std::string resolve_path(const std::string& p, const std::string& key, const YAM
 template <typename T>
 YAML::Node show_value(const T& v) {
   return YAML::Node(v);
+}
+
+// Doubles in the shortest form that reads back exactly (0.0003, not 0.00029999999999999997).
+std::string shortest(double v) {
+  char buf[64];
+  for (int precision = 6; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof(buf), "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+
+template <>
+YAML::Node show_value(const double& v) {
+  return YAML::Node(shortest(v));
+}
+
+template <>
+YAML::Node show_value(const std::vector<double>& v) {
+  YAML::Node n(YAML::NodeType::Sequence);
+  for (double x : v) n.push_back(shortest(x));
+  return n;
 }
 
 // Binders: each returns a Key for one typed field.
@@ -265,7 +288,7 @@ std::vector<Key> schema(Config& cfg) {
          for (const auto& mp : d.schedule) {
            YAML::Node e;
            e["step"] = mp.step;
-           for (const auto& [k, w] : mp.weights) e["weights"][k] = w;
+           for (const auto& [k, w] : mp.weights) e["weights"][k] = shortest(w);
            n.push_back(e);
          }
          return n;
@@ -353,6 +376,37 @@ std::vector<Key> schema(Config& cfg) {
   return keys;
 }
 
+// The valid key closest to a mistyped one. Names users bring from Hugging Face, DeepSpeed and
+// Megatron (learning_rate, max_steps, ...) count as spellings of kiln's keys.
+std::string closest_key(const std::string& path, const std::vector<Key>& keys) {
+  static const std::pair<const char*, const char*> aliases[] = {
+      {"train.learning_rate", "train.lr"}, {"train.max_steps", "train.steps"},
+      {"train.train_iters", "train.steps"}, {"train.lr_scheduler_type", "train.schedule"},
+      {"train.lr_decay_style", "train.schedule"}, {"train.warmup", "train.warmup_steps"},
+      {"train.per_device_train_batch_size", "train.micro_batch_size"},
+      {"train.max_grad_norm", "train.grad_clip"}, {"train.clip_grad", "train.grad_clip"},
+      {"train.output_dir", "train.run_dir"}, {"train.gradient_checkpointing", "train.activation_checkpointing"},
+      {"train.save", "train.run_dir"}, {"train.bf16", "train.precision"}, {"train.fp16", "train.precision"},
+      {"parallel.tensor_model_parallel_size", "parallel.tp"}, {"parallel.pipeline_model_parallel_size", "parallel.pp"},
+      {"parallel.zero_stage", "parallel.zero"}, {"model.num_hidden_layers", "model.num_layers"},
+      {"model.num_attention_heads", "model.num_heads"}, {"model.num_key_value_heads", "model.num_kv_heads"},
+      {"model.intermediate_size", "model.ffn_hidden_size"}, {"model.max_position_embeddings", "model.max_seq_len"},
+      {"model.rms_norm_eps", "model.norm_eps"}, {"model.tie_word_embeddings", "model.tie_embeddings"},
+      {"data.max_seq_length", "data.seq_len"}, {"data.cutoff_len", "data.seq_len"}, {"lora.lora_rank", "lora.rank"},
+      {"lora.r", "lora.rank"}, {"lora.lora_alpha", "lora.alpha"}, {"lora.lora_dropout", "lora.dropout"},
+      {"lora.target_modules", "lora.targets"}, {"checkpoint.save_steps", "checkpoint.every"},
+      {"checkpoint.save_total_limit", "checkpoint.keep_last"}};
+  std::string best;
+  size_t best_d = std::numeric_limits<size_t>::max();
+  auto consider = [&](const std::string& spelling, const std::string& key) {
+    size_t d = edit_distance(path, spelling);
+    if (d < best_d) best_d = d, best = key;
+  };
+  for (const auto& k : keys) consider(k.path, k.path);
+  for (const auto& [alias, key] : aliases) consider(alias, key);
+  return best;
+}
+
 // Flattens a YAML mapping into (dotted key, node) leaves, stopping at keys the schema treats
 // as one value (lists, template maps).
 void walk(const YAML::Node& node, const std::string& prefix, const std::vector<Key>& keys,
@@ -371,13 +425,7 @@ void walk(const YAML::Node& node, const std::string& prefix, const std::vector<K
         user_error(where(ctx, kv.second, path), ": expected a mapping of ", path, ".* keys");
       walk(kv.second, path, keys, ctx, leaves);
     } else {
-      std::string best;
-      size_t best_d = std::numeric_limits<size_t>::max();
-      for (const auto& k : keys) {
-        size_t dist = edit_distance(path, k.path);
-        if (dist < best_d) best_d = dist, best = k.path;
-      }
-      user_error(where(ctx, kv.first, path), ": unknown key; did you mean '", best, "'?");
+      user_error(where(ctx, kv.first, path), ": unknown key; did you mean '", closest_key(path, keys), "'?");
     }
   }
 }
@@ -452,6 +500,20 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
   for (const auto& [path, node] : leaves)
     for (const auto& k : keys)
       if (k.path == path) k.read(node, ctx);
+
+  // model.init_from: hf:DIR takes the model's shape from DIR/config.json; model.* keys written
+  // in the YAML (or --set) still win, e.g. rope_scaling for a 4k -> 16k context extension.
+  if (cfg.model.init_from.rfind("hf:", 0) == 0) {
+    Config hf;
+    hf.model = read_hf_config(cfg.model.init_from.substr(3));
+    std::vector<Key> hf_keys = schema(hf);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const std::string& path = keys[i].path;
+      if (path.rfind("model.", 0) != 0 || path == "model.init_from") continue;
+      bool given = std::any_of(leaves.begin(), leaves.end(), [&](const auto& l) { return l.first == path; });
+      if (!given) keys[i].read(hf_keys[i].show(), ctx);
+    }
+  }
 
   // Cross-key checks that need no world size.
   const ModelConfig& m = cfg.model;

@@ -99,8 +99,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   validate_layout(cfg, launch.world_size);
   if (cfg.parallel.tp > 1 || cfg.parallel.pp > 1)
     user_error("parallel.tp / parallel.pp > 1: tensor and pipeline parallelism are not in this build yet; "
-               "valid: tp: 1, pp: 1 (data parallel with parallel.zero 0-2)");
-  if (cfg.parallel.zero > 2) user_error("parallel.zero: 3 is not in this build yet; valid: 0 .. 2");
+               "valid: tp: 1, pp: 1 (data parallel with parallel.zero 0-3)");
   if (cfg.lora.rank > 0) user_error("lora.rank: LoRA is not in this build yet; valid: 0");
   if (cfg.train.threads > 0) at::set_num_threads(static_cast<int>(cfg.train.threads));
 
@@ -153,7 +152,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     log0("weights: ", weights_from);
   }
   model->to(setup.device, setup.dtype);
-  install_activation_checkpointing(*model, cfg.train.activation_checkpointing);
+  if (cfg.parallel.zero == 3 && cfg.train.activation_checkpointing == "full")
+    log0("activation checkpointing: ZeRO-3 already recomputes each layer in backward (it re-gathers it)");
+  else
+    install_activation_checkpointing(*model, cfg.train.activation_checkpointing);
   log0("model: ", model->config().num_parameters(), " parameters, ",
        model->config().flops_per_token(cfg.data.seq_len) / 1e9, " GFLOP per token");
 

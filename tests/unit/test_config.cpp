@@ -116,3 +116,20 @@ TEST(Config, ResolvedYamlRoundTrips) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+TEST(Config, HfInitTakesShapeFromConfigJsonUnlessGiven) {
+  const std::string dir = std::string(KILN_SOURCE_DIR) + "/tests/fixtures/hf/llama_linear";
+  Config c = parse_config("model:\n  init_from: hf:" + dir + "\n  max_seq_len: 4096\n", "cfg.yaml");
+  EXPECT_EQ(c.model.vocab_size, 96);
+  EXPECT_EQ(c.model.hidden_size, 64);
+  EXPECT_EQ(c.model.num_layers, 3);
+  EXPECT_EQ(c.model.kv_heads(), 2);
+  EXPECT_EQ(c.model.rope_scaling.type, "linear");
+  EXPECT_EQ(c.model.max_seq_len, 4096);  // written in the YAML: kept
+}
+
+}  // namespace
+}  // namespace kiln

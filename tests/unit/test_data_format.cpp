@@ -1,7 +1,9 @@
 // Data tests: tokenizer, sample formats, chat templates and golden per-token loss masks.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sentencepiece_trainer.h>
 
 #include "data/chat_template.h"
 #include "data/sample_format.h"
@@ -57,6 +59,30 @@ TEST(DataTokenizer, RoundTripAndSpecialPiecesByName) {
     EXPECT_NE(std::string(e.what()).find("template custom needs the special token <|nope|>"), std::string::npos)
         << e.what();
   }
+}
+
+TEST(DataTokenizer, WordCacheGivesExactlyThePlainIds) {
+  const Tokenizer& tok = tokenizer();
+  ASSERT_TRUE(tok.word_cache());  // kiln-trained: BPE, identity normalization, no dummy prefix
+  std::vector<std::string> texts = {"a  b", "  two leading", "trailing  ", " ", "", "tab\tand\nnewline here",
+                                    "<_user>q one<_bot>a one <_end>", "€ 床前明月光，疑是地上霜。 x",
+                                    std::string(200, 'a') + " " + std::string(100, ' ') + "z"};
+  std::ifstream in(test::fixture("tokenizer_corpus.txt"));
+  for (std::string l; std::getline(in, l);) texts.push_back(l);
+  for (int pass = 0; pass < 2; ++pass)  // the second pass is served from the cache
+    for (const auto& t : texts) EXPECT_EQ(tok.encode(t), tok.encode_plain(t)) << t;
+}
+
+TEST(DataTokenizer, NoWordCacheForNormalizingModels) {
+  // sentencepiece's defaults (nmt_nfkc, dummy prefix, extra whitespace removed): encoding word
+  // by word would differ, so the cache stays off.
+  test::TempDir tmp;
+  const std::string args = "--input=" + test::fixture("tokenizer_corpus.txt") + " --model_prefix=" + (tmp / "llama") +
+                           " --vocab_size=400 --model_type=bpe --character_coverage=1.0 --minloglevel=2";
+  ASSERT_TRUE(sentencepiece::SentencePieceTrainer::Train(args).ok());
+  Tokenizer llama_like(tmp / "llama.model");
+  EXPECT_FALSE(llama_like.word_cache());
+  EXPECT_EQ(llama_like.encode("a  b"), llama_like.encode_plain("a  b"));
 }
 
 TEST(DataTokenizer, MissingModelIsAUserError) {

@@ -2,6 +2,7 @@
 // safetensors, and each class of malformed file rejected with a one-line error naming it.
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -9,7 +10,6 @@
 #include <fstream>
 #include <functional>
 #include <string>
-#include <torch/torch.h>
 
 #include "models/safetensors.h"
 #include "trainer/error.h"
@@ -42,8 +42,7 @@ std::string raw_file(const std::string& header, const std::string& data, int64_t
 }
 
 // Runs fn, expects a UserError whose one-line message starts with `path` and contains `needle`.
-void expect_user_error(const std::function<void()>& fn, const std::string& path,
-                       const std::string& needle) {
+void expect_user_error(const std::function<void()>& fn, const std::string& path, const std::string& needle) {
   try {
     fn();
     ADD_FAILURE() << "no error; expected one containing: " << needle;
@@ -81,8 +80,8 @@ TEST_F(Safetensors, RoundTripEveryDtype) {
       {"i8", torch::tensor({-128, 127}, torch::kChar)},
       {"u8", torch::tensor({0, 255, 3}, torch::kByte)},
       {"bool", torch::tensor({true, false, true}, torch::kBool)},
-      {"scalar", torch::tensor(2.5f)},                                       // shape []
-      {"empty", torch::zeros({0, 3})},                                       // no bytes
+      {"scalar", torch::tensor(2.5f)},                                      // shape []
+      {"empty", torch::zeros({0, 3})},                                      // no bytes
       {"transposed", torch::arange(6, torch::kFloat).reshape({2, 3}).t()},  // non-contiguous
   };
   const std::string p = path("rt.safetensors");
@@ -92,8 +91,8 @@ TEST_F(Safetensors, RoundTripEveryDtype) {
   EXPECT_EQ(f.names().size(), tensors.size());
   EXPECT_EQ(f.names().front(), "f64");  // data order is the order given
   EXPECT_EQ(f.metadata(), (std::map<std::string, std::string>{{"format", "pt"}, {"step", "12"}}));
-  const std::vector<std::string> dtypes = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16",
-                                           "I8",  "U8",  "BOOL", "F32", "F32", "F32"};
+  const std::vector<std::string> dtypes = {"F64", "F32", "F16",  "BF16", "I64", "I32", "I16",
+                                           "I8",  "U8",  "BOOL", "F32",  "F32", "F32"};
   for (size_t i = 0; i < tensors.size(); ++i) {
     const auto& [name, t] = tensors[i];
     EXPECT_EQ(f.info(name).dtype, dtypes[i]) << name;
@@ -189,20 +188,24 @@ TEST_F(Safetensors, RejectsTruncatedFile) {
 }
 
 TEST_F(Safetensors, RejectsOffsetsOutOfRange) {
-  expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":[100],"data_offsets":[0,400]}})", std::string(16, '\0')),
-                  "tensor 'w': data_offsets [0, 400] run past the end of the data section (16 bytes");
-  expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})", std::string(16, '\0')),
-                  "tensor 'w': data_offsets [8, 4] have begin > end");
-  expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}})", std::string(16, '\0')),
-                  "tensor 'w': data_offsets [-4,0] must be non-negative integers");
+  expect_rejected(
+      raw_file(R"({"w":{"dtype":"F32","shape":[100],"data_offsets":[0,400]}})", std::string(16, '\0')),
+      "tensor 'w': data_offsets [0, 400] run past the end of the data section (16 bytes");
+  expect_rejected(
+      raw_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})", std::string(16, '\0')),
+      "tensor 'w': data_offsets [8, 4] have begin > end");
+  expect_rejected(
+      raw_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}})", std::string(16, '\0')),
+      "tensor 'w': data_offsets [-4,0] must be non-negative integers");
 }
 
 TEST_F(Safetensors, RejectsSizeThatDoesNotMatchShape) {
-  expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}})", std::string(24, '\0')),
-                  "tensor 'w': data_offsets [0, 20] hold 20 bytes but F32 [2, 3] needs 24");
   expect_rejected(
-      raw_file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", std::string(8, '\0')),
-      "needs more than 2^63");
+      raw_file(R"({"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}})", std::string(24, '\0')),
+      "tensor 'w': data_offsets [0, 20] hold 20 bytes but F32 [2, 3] needs 24");
+  expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})",
+                           std::string(8, '\0')),
+                  "needs more than 2^63");
 }
 
 TEST_F(Safetensors, RejectsOverlappingTensors) {
@@ -213,13 +216,15 @@ TEST_F(Safetensors, RejectsOverlappingTensors) {
 }
 
 TEST_F(Safetensors, RejectsUnknownDtype) {
-  expect_rejected(raw_file(R"({"w":{"dtype":"F8_E4M3","shape":[4],"data_offsets":[0,4]}})", std::string(4, '\0')),
-                  "tensor 'w': unknown dtype 'F8_E4M3' (valid: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)");
+  expect_rejected(
+      raw_file(R"({"w":{"dtype":"F8_E4M3","shape":[4],"data_offsets":[0,4]}})", std::string(4, '\0')),
+      "tensor 'w': unknown dtype 'F8_E4M3' (valid: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)");
 }
 
 TEST_F(Safetensors, RejectsBadShapesAndEntries) {
-  expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", std::string(4, '\0')),
-                  "tensor 'w': shape [-1] must hold non-negative integers");
+  expect_rejected(
+      raw_file(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", std::string(4, '\0')),
+      "tensor 'w': shape [-1] must hold non-negative integers");
   expect_rejected(raw_file(R"({"w":{"dtype":"F32","data_offsets":[0,4]}})", std::string(4, '\0')),
                   "tensor 'w': missing shape");
   expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0]}})", std::string(4, '\0')),

@@ -1,0 +1,141 @@
+// The single-process training loop: loss falls, a stopped-and-resumed run equals the
+// uninterrupted one bit for bit, accumulation and recomputation change nothing, and broken
+// checkpoints are named.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "models/safetensors.h"
+#include "test_data_util.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/error.h"
+#include "trainer/trainer.h"
+
+namespace kiln {
+namespace {
+
+namespace fs = std::filesystem;
+using test::TempDir;
+
+// A tiny model on the data fixtures, copied into `dir` so prep's cache stays out of the tree.
+Config tiny(const TempDir& dir, const std::string& run, std::vector<std::string> sets = {}) {
+  for (const char* f : {"data.json", "pretrain.jsonl", "sft_firefly.jsonl"})
+    if (!fs::exists(dir / f)) fs::copy_file(test::fixture(f), dir / f);
+  std::string yaml = str(
+      "model: {vocab_size: 700, hidden_size: 32, num_layers: 2, num_heads: 4, num_kv_heads: 2, max_seq_len: 64}\n"
+      "tokenizer: ", test::tokenizer_path(), "\n",
+      "data: {mixture: ", dir / "data.json", ", seq_len: 32, prefetch: 1}\n",
+      "train: {run_dir: ", dir / run, ", steps: 6, micro_batch_size: 2, global_batch_size: 4, lr: 0.01,"
+      " min_lr: 0.001, warmup_steps: 1, log_every: 100, threads: 1}\n");
+  return parse_config(yaml, dir / "cfg.yaml", sets);
+}
+
+std::vector<double> metric_losses(const std::string& run_dir) {
+  std::vector<double> out;
+  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  return out;
+}
+
+void expect_same_weights(const std::string& ckpt_a, const std::string& ckpt_b) {
+  SafetensorsFile a(ckpt_a + "/model.safetensors"), b(ckpt_b + "/model.safetensors");
+  ASSERT_EQ(a.names(), b.names());
+  for (const auto& n : a.names()) EXPECT_TRUE(a.tensor(n).equal(b.tensor(n))) << n;
+}
+
+TEST(Train, LossFallsAndCheckpointsRotate) {
+  TempDir dir;
+  Config cfg = tiny(dir, "run", {"checkpoint.every=2", "checkpoint.keep_last=2"});
+  TrainResult r = train(cfg);
+  ASSERT_EQ(r.losses.size(), 6u);
+  EXPECT_LT(r.losses.back(), r.losses.front() - 0.3);
+  EXPECT_EQ(metric_losses(cfg.train.run_dir), r.losses);
+  // every=2 over 6 steps saves 2, 4, 6; keep_last=2 leaves 4 and 6.
+  std::vector<std::string> kept;
+  for (const auto& e : fs::directory_iterator(checkpoint_root(cfg.train.run_dir)))
+    if (e.is_directory()) kept.push_back(e.path().filename().string());
+  std::sort(kept.begin(), kept.end());
+  EXPECT_EQ(kept, (std::vector<std::string>{"step-00000004", "step-00000006"}));
+  EXPECT_EQ(fs::path(latest_checkpoint(cfg.train.run_dir)).filename(), "step-00000006");
+}
+
+TEST(Train, ResumeEqualsUninterruptedRun) {
+  TempDir dir;
+  Config whole = tiny(dir, "whole");
+  TrainResult a = train(whole);
+
+  Config parts = tiny(dir, "parts");
+  TrainOptions stop_early;
+  stop_early.exit_after = 2;
+  TrainResult first = train(parts, stop_early);
+  EXPECT_EQ(first.last_step, 2);
+  TrainResult second = train(parts, stop_early);  // resumes at 2, stops after 4
+  EXPECT_EQ(second.first_step, 2);
+  EXPECT_EQ(second.last_step, 4);
+  TrainResult third = train(parts);
+  EXPECT_EQ(third.first_step, 4);
+  EXPECT_EQ(third.last_step, 6);
+
+  std::vector<double> resumed = metric_losses(parts.train.run_dir);
+  ASSERT_EQ(resumed.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ(resumed[i], a.losses[i]) << "step " << i + 1;
+  expect_same_weights(latest_checkpoint(whole.train.run_dir), latest_checkpoint(parts.train.run_dir));
+}
+
+TEST(Train, AccumulationAndRecomputationChangeNothing) {
+  TempDir dir;
+  TrainResult base = train(tiny(dir, "base"));
+  TrainResult accum = train(tiny(dir, "accum", {"train.micro_batch_size=1"}));  // 4 micro-batches
+  TrainResult full = train(tiny(dir, "full", {"train.activation_checkpointing=full"}));
+  TrainResult sel = train(tiny(dir, "sel", {"train.activation_checkpointing=selective"}));
+  for (size_t i = 0; i < base.losses.size(); ++i) {
+    EXPECT_NEAR(accum.losses[i], base.losses[i], 1e-5 * std::abs(base.losses[i])) << i;
+    EXPECT_NEAR(full.losses[i], base.losses[i], 1e-6 * std::abs(base.losses[i])) << i;
+    EXPECT_NEAR(sel.losses[i], base.losses[i], 1e-6 * std::abs(base.losses[i])) << i;
+  }
+}
+
+TEST(Train, BrokenCheckpointsAreNamed) {
+  TempDir dir;
+  Config cfg = tiny(dir, "run", {"train.steps=2"});
+  train(cfg);
+  const std::string root = checkpoint_root(cfg.train.run_dir);
+  // `latest` naming a directory that is not complete.
+  test::write_text(root + "/latest", "step-00000099\n");
+  try {
+    train(cfg);
+    FAIL() << "a dangling latest was accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("latest: names 'step-00000099', which is not a complete checkpoint"),
+              std::string::npos) << e.what();
+  }
+  // A corrupt state.json.
+  test::write_text(root + "/latest", "step-00000002\n");
+  test::write_text(root + "/step-00000002/state.json", "{\"step\": ");
+  try {
+    train(tiny(dir, "run", {"train.steps=3"}));
+    FAIL() << "a corrupt state.json was accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("state.json: corrupt checkpoint state"), std::string::npos) << e.what();
+  }
+  // resume: never starts over and leaves the old checkpoint alone until it saves.
+  TrainResult fresh = train(tiny(dir, "run", {"train.steps=2", "train.resume=never"}));
+  EXPECT_EQ(fresh.first_step, 0);
+  EXPECT_EQ(read_checkpoint_state(latest_checkpoint(cfg.train.run_dir)).step, 2);
+}
+
+TEST(Train, ExplicitResumeDirectoryMustBeACheckpoint) {
+  TempDir dir;
+  try {
+    train(tiny(dir, "run", {"train.resume=" + (dir / "nowhere")}));
+    FAIL();
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("train.resume:"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kiln
