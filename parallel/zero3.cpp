@@ -47,6 +47,7 @@ struct Zero3Optimizer::Impl {
   at::Tensor compute;   // (len) the parameter shard in the model's dtype; aliases master in fp32
   at::Tensor anchor;    // a leaf that requires grad, so every unit's backward runs
   int64_t peak = 0;
+  std::vector<int64_t> between_units;  // resident bytes after each unit released (this step)
 
   // The model's compute options, read from its (possibly empty) tensors.
   at::TensorOptions model_options() const { return params.front().tensor.options(); }
@@ -182,6 +183,7 @@ struct Zero3UnitFunction : public torch::autograd::Function<Zero3UnitFunction> {
       y = h->fn(x);
     }
     if (!h->impl->keep_gathered) h->impl->release_unit(h->unit);
+    h->impl->between_units.push_back(h->impl->resident_bytes());
     return y;
   }
 
@@ -199,6 +201,7 @@ struct Zero3UnitFunction : public torch::autograd::Function<Zero3UnitFunction> {
     h->impl->reduce_unit_grads(h->unit);
     h->impl->release_unit(h->unit);
     if (h->impl->keep_gathered) h->impl->release_unit(h->unit);  // the forward's reference
+    h->impl->between_units.push_back(h->impl->resident_bytes());
     at::Tensor gx = in.is_floating_point() && in.requires_grad() ? in.grad() : at::Tensor();
     return {gx, at::Tensor(), at::Tensor()};
   }
@@ -289,6 +292,7 @@ void Zero3Optimizer::zero_grad() {
   for (Impl::Param& p : m.params) p.tensor.mutable_grad() = at::Tensor();
   m.grad = at::Tensor();
   m.peak = m.resident_bytes();
+  m.between_units.clear();
 }
 
 void Zero3Optimizer::reduce_gradients() {
@@ -393,5 +397,8 @@ std::vector<std::pair<std::string, at::Tensor>> Zero3Optimizer::gather_parameter
 
 int64_t Zero3Optimizer::resident_parameter_bytes() const { return impl_->resident_bytes(); }
 int64_t Zero3Optimizer::peak_resident_parameter_bytes() const { return impl_->peak; }
+std::vector<int64_t> Zero3Optimizer::resident_between_units() const {
+  return impl_->between_units;
+}
 
 }  // namespace kiln

@@ -57,6 +57,9 @@ class Zero3Optimizer {
   int64_t resident_parameter_bytes() const;
   // The largest resident_parameter_bytes() seen at any gather since the last zero_grad().
   int64_t peak_resident_parameter_bytes() const;
+  // resident_parameter_bytes() right after each unit's forward and backward released it, since
+  // the last zero_grad(): what a rank holds between layers (its shard + the prefetched unit).
+  std::vector<int64_t> resident_between_units() const;
 
   struct Impl;
 
