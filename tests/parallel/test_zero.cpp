@@ -58,6 +58,13 @@ TEST_P(ZeroEquivalence, TiedEmbeddingsMatchSingleRank) {
 INSTANTIATE_TEST_SUITE_P(Stages, ZeroEquivalence, ::testing::Values(0, 1, 2, 3),
                          [](const auto& info) { return "zero" + std::to_string(info.param); });
 
+TEST(Zero3KeepGathered, MatchesSingleRank) {
+  ZeroRunSpec spec;
+  spec.stage = 3;
+  spec.keep_gathered = true;
+  expect_equivalent(run_zero(world(), spec), reference(false));
+}
+
 TEST(Zero3Memory, EachRankHoldsAboutOneOverDp) {
   const int dp = world().size();
   ZeroRunSpec spec;
