@@ -74,6 +74,19 @@ std::unique_ptr<Communicator> make_world_communicator(const std::string& backend
   bool use_nccl = backend == "nccl" || (backend == "auto" && cuda && kHaveNccl);
   if (backend == "auto" && cuda && !kHaveNccl)
     log0("parallel.backend auto: built without NCCL, CUDA tensors go through MPI host staging");
+#ifdef KILN_WITH_NCCL
+  // NCCL needs a GPU of its own per rank; ranks sharing GPUs talk through MPI host staging.
+  const int gpus = use_nccl ? visible_cuda_devices() : 0;
+  if (use_nccl && gpus > 0 && launch.local_size > gpus) {
+    if (backend == "nccl")
+      user_error("parallel.backend: nccl needs one GPU per rank, but ", launch.local_size,
+                 " ranks on ", launch.host, " share ", gpus,
+                 " GPU(s); use mpi (host staging) or at most ", gpus, " ranks per host");
+    log0("parallel.backend auto: ", launch.local_size, " ranks share ", gpus,
+         " GPU(s) on a host, using MPI with host staging (NCCL needs one GPU per rank)");
+    use_nccl = false;
+  }
+#endif
   if (use_nccl) {
 #ifdef KILN_WITH_NCCL
     std::unique_ptr<Communicator> bootstrap = launch.under_mpi

@@ -17,6 +17,8 @@ std::unique_ptr<Communicator> make_mpi_world_communicator(double timeout_s);
 // single communicator when kiln runs as one process).
 std::unique_ptr<Communicator> make_nccl_world_communicator(Communicator& bootstrap, int device,
                                                            double timeout_s);
+// CUDA devices visible to this process (0 when none or the driver fails).
+int visible_cuda_devices();
 #endif
 
 // "kiln: timeout after 3s in all_reduce on group dp (rank 1 of 2, world rank 3)"

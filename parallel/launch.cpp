@@ -42,9 +42,9 @@ class MpiSession {
     MPI_Initialized(&already);
     if (!started_by_mpirun() && !already) return;
     if (!already) {
-      // MULTIPLE so that a prefetch thread may communicate; OpenMPI grants what it can.
+      // FUNNELED: only the main thread calls MPI (the NCCL watchdog thread never does).
       int provided = 0;
-      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
       owns_ = true;
     }
     info.under_mpi = true;

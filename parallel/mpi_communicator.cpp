@@ -7,6 +7,9 @@
 // uint8 and int8 reduce natively; bf16 and fp16 are widened to fp32, reduced, and rounded once
 // (more accurate than a 16-bit custom MPI_Op, at twice the bytes on the wire).
 //
+// MPI counts are ints: a call over more elements runs in rounds of at most INT_MAX elements
+// (strided datatypes for all_gather, per-rank broadcasts for all_gather_v past int offsets).
+//
 // CUDA tensors are staged through pinned host memory unless the MPI reports CUDA support
 // (MPIX_Query_cuda_support), in which case device pointers go to MPI after a stream sync.
 #include <ATen/ATen.h>
@@ -19,8 +22,11 @@
 #endif
 
 #include <chrono>
+#include <algorithm>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <thread>
 
 #include "parallel/communicator_backends.h"
@@ -79,10 +85,26 @@ MPI_Op mpi_op(ReduceOp op) {
   return MPI_SUM;
 }
 
-int mpi_count(int64_t n, const char* op) {
-  KILN_CHECK(n <= INT_MAX, op, ": ", n, " elements exceed MPI's int count; split the buffer");
-  return static_cast<int>(n);
+int64_t max_count_from_env() {
+  const char* v = std::getenv("KILN_MPI_MAX_COUNT");
+  const int64_t n = v != nullptr ? std::atoll(v) : 0;
+  return n > 0 && n < INT_MAX ? n : INT_MAX;
 }
+
+// A committed datatype of `count` raw elements whose extent is `extent_bytes` (RAII).
+struct MpiType {
+  MpiType(MPI_Datatype raw, int count, int64_t extent_bytes) {
+    MPI_Datatype block;
+    MPI_Type_contiguous(count, raw, &block);
+    MPI_Type_create_resized(block, 0, static_cast<MPI_Aint>(extent_bytes), &type);
+    MPI_Type_commit(&type);
+    MPI_Type_free(&block);
+  }
+  ~MpiType() { MPI_Type_free(&type); }
+  MpiType(const MpiType&) = delete;
+  MpiType& operator=(const MpiType&) = delete;
+  MPI_Datatype type;
+};
 
 bool overlaps(const at::Tensor& a, const at::Tensor& b) {
   const auto* a0 = static_cast<const char*>(a.data_ptr());
@@ -115,11 +137,15 @@ class MpiCommunicator final : public Communicator {
 
   void all_reduce(at::Tensor& t, ReduceOp op) override {
     at::Tensor w = wire(t, reduce_dtype(t.scalar_type()), /*with_values=*/true);
-    MPI_Request req;
-    check(MPI_Iallreduce(MPI_IN_PLACE, w.data_ptr(), mpi_count(w.numel(), "all_reduce"),
-                         arith_type(w.scalar_type(), "all_reduce"), mpi_op(op), comm_, &req),
-          "all_reduce");
-    wait(req, "all_reduce");
+    const MPI_Datatype type = arith_type(w.scalar_type(), "all_reduce");
+    char* base = static_cast<char*>(w.data_ptr());
+    for_chunks(w.numel(), [&](int64_t off, int count) {
+      MPI_Request req;
+      check(MPI_Iallreduce(MPI_IN_PLACE, base + off * w.element_size(), count, type, mpi_op(op),
+                           comm_, &req),
+            "all_reduce");
+      wait(req, "all_reduce");
+    });
     if (!w.is_same(t)) t.copy_(w);
   }
 
@@ -128,11 +154,28 @@ class MpiCommunicator final : public Communicator {
     at::Tensor o = wire(out, out.scalar_type(), /*with_values=*/false);
     at::Tensor s = wire(shard, shard.scalar_type(), /*with_values=*/true);
     if (overlaps(s, o)) s = s.clone();  // MPI forbids aliased send and receive buffers
-    const int n = mpi_count(s.numel(), "all_gather");
-    MPI_Request req;
-    check(MPI_Iallgather(s.data_ptr(), n, raw_type(s), o.data_ptr(), n, raw_type(o), comm_, &req),
-          "all_gather");
-    wait(req, "all_gather");
+    const int64_t n = s.numel(), el = s.element_size();
+    const MPI_Datatype raw = raw_type(s);
+    char* src = static_cast<char*>(s.data_ptr());
+    char* dst = static_cast<char*>(o.data_ptr());
+    // Rank q's chunk [off, off + count) lands at q * n + off: one block of `count` elements
+    // whose extent is a whole shard, so each round is one call whatever n is.
+    if (n <= max_count_) {
+      MPI_Request req;
+      check(MPI_Iallgather(src, static_cast<int>(n), raw, dst, static_cast<int>(n), raw, comm_,
+                           &req),
+            "all_gather");
+      wait(req, "all_gather");
+    } else {
+      for_chunks(n, [&](int64_t off, int count) {
+        MpiType block(raw, count, n * el);
+        MPI_Request req;
+        check(MPI_Iallgather(src + off * el, count, raw, dst + off * el, 1, block.type, comm_,
+                             &req),
+              "all_gather");
+        wait(req, "all_gather");
+      });
+    }
     if (!o.is_same(out)) out.copy_(o);
   }
 
@@ -142,33 +185,57 @@ class MpiCommunicator final : public Communicator {
     at::Tensor o = wire(out, out.scalar_type(), /*with_values=*/false);
     at::Tensor s = wire(shard, shard.scalar_type(), /*with_values=*/true);
     if (overlaps(s, o)) s = s.clone();
-    std::vector<int> cnt(size_), displ(size_);
-    int64_t offset = 0;
-    for (int r = 0; r < size_; ++r) {
-      cnt[r] = mpi_count(counts[r], "all_gather_v");
-      displ[r] = mpi_count(offset, "all_gather_v");
-      offset += counts[r];
+    const int64_t total = o.numel(), el = o.element_size();
+    char* dst = static_cast<char*>(o.data_ptr());
+    if (total <= max_count_) {
+      std::vector<int> cnt(size_), displ(size_);
+      int64_t offset = 0;
+      for (int r = 0; r < size_; ++r) {
+        cnt[r] = static_cast<int>(counts[r]);
+        displ[r] = static_cast<int>(offset);
+        offset += counts[r];
+      }
+      MPI_Request req;
+      check(MPI_Iallgatherv(s.data_ptr(), cnt[rank_], raw_type(s), dst, cnt.data(), displ.data(),
+                            raw_type(o), comm_, &req),
+            "all_gather_v");
+      wait(req, "all_gather_v");
+    } else {
+      // Offsets beyond MPI's int: every rank broadcasts its slice, chunk by chunk.
+      int64_t offset = 0;
+      for (int r = 0; r < size_; ++r) {
+        char* slice = dst + offset * el;
+        if (r == rank_) std::memcpy(slice, s.data_ptr(), s.nbytes());
+        for_chunks(counts[r], [&](int64_t off, int count) {
+          MPI_Request req;
+          check(MPI_Ibcast(slice + off * el, count, raw_type(o), r, comm_, &req), "all_gather_v");
+          wait(req, "all_gather_v");
+        });
+        offset += counts[r];
+      }
     }
-    MPI_Request req;
-    check(MPI_Iallgatherv(s.data_ptr(), cnt[rank_], raw_type(s), o.data_ptr(), cnt.data(),
-                          displ.data(), raw_type(o), comm_, &req),
-          "all_gather_v");
-    wait(req, "all_gather_v");
     if (!o.is_same(out)) out.copy_(o);
   }
 
   void reduce_scatter(const at::Tensor& in, at::Tensor& out, ReduceOp op) override {
     check_reduce_scatter_args(*this, in, out);
     const at::ScalarType rt = reduce_dtype(in.scalar_type());
+    const MPI_Datatype type = arith_type(rt, "reduce_scatter");
     at::Tensor o = wire(out, rt, /*with_values=*/false);
     at::Tensor i = wire(in, rt, /*with_values=*/true);
     if (overlaps(i, o)) i = i.clone();
-    MPI_Request req;
-    check(MPI_Ireduce_scatter_block(i.data_ptr(), o.data_ptr(),
-                                    mpi_count(o.numel(), "reduce_scatter"),
-                                    arith_type(rt, "reduce_scatter"), mpi_op(op), comm_, &req),
-          "reduce_scatter");
-    wait(req, "reduce_scatter");
+    const int64_t m = o.numel();  // elements each rank receives
+    at::Tensor by_rank = i.view({size_, m});
+    for_chunks(m, [&](int64_t off, int count) {
+      // Round input: columns [off, off + count) of every rank's block, laid end to end.
+      at::Tensor round = m <= max_count_ ? i : by_rank.narrow(1, off, count).contiguous();
+      MPI_Request req;
+      check(MPI_Ireduce_scatter_block(round.data_ptr(),
+                                      static_cast<char*>(o.data_ptr()) + off * o.element_size(),
+                                      count, type, mpi_op(op), comm_, &req),
+            "reduce_scatter");
+      wait(req, "reduce_scatter");
+    });
     if (!o.is_same(out)) out.copy_(o);
   }
 
@@ -176,36 +243,42 @@ class MpiCommunicator final : public Communicator {
     KILN_CHECK(root >= 0 && root < size_, "broadcast on group ", name_, ": root ", root,
                " is not a rank of 0..", size_ - 1);
     at::Tensor w = wire(t, t.scalar_type(), /*with_values=*/rank_ == root);
-    MPI_Request req;
-    check(MPI_Ibcast(w.data_ptr(), mpi_count(w.numel(), "broadcast"), raw_type(w), root, comm_,
-                     &req),
-          "broadcast");
-    wait(req, "broadcast");
+    char* base = static_cast<char*>(w.data_ptr());
+    for_chunks(w.numel(), [&](int64_t off, int count) {
+      MPI_Request req;
+      check(MPI_Ibcast(base + off * w.element_size(), count, raw_type(w), root, comm_, &req),
+            "broadcast");
+      wait(req, "broadcast");
+    });
     if (!w.is_same(t)) t.copy_(w);
   }
 
   void send(const at::Tensor& t, int dst) override {
     check_peer(*this, dst, "send");
     at::Tensor w = wire(t, t.scalar_type(), /*with_values=*/true);
-    MPI_Request req;
-    check(MPI_Isend(w.data_ptr(), mpi_count(w.numel(), "send"), raw_type(w), dst, kTag, comm_,
-                    &req),
-          "send");
-    wait(req, "send");
+    char* base = static_cast<char*>(w.data_ptr());
+    for_chunks(w.numel(), [&](int64_t off, int count) {
+      MPI_Request req;
+      check(MPI_Isend(base + off * w.element_size(), count, raw_type(w), dst, kTag, comm_, &req),
+            "send");
+      wait(req, "send");
+    });
   }
 
   void recv(at::Tensor& t, int src) override {
     check_peer(*this, src, "recv");
     at::Tensor w = wire(t, t.scalar_type(), /*with_values=*/false);
-    MPI_Request req;
-    check(MPI_Irecv(w.data_ptr(), mpi_count(w.numel(), "recv"), raw_type(w), src, kTag, comm_,
-                    &req),
-          "recv");
-    MPI_Status status = wait(req, "recv");
-    int got = 0;
-    MPI_Get_count(&status, raw_type(w), &got);
-    KILN_CHECK(got == w.numel(), "recv on group ", name_, ": got ", got, " elements from rank ",
-               src, ", expected ", w.numel());
+    char* base = static_cast<char*>(w.data_ptr());
+    for_chunks(w.numel(), [&](int64_t off, int count) {
+      MPI_Request req;
+      check(MPI_Irecv(base + off * w.element_size(), count, raw_type(w), src, kTag, comm_, &req),
+            "recv");
+      MPI_Status status = wait(req, "recv");
+      int got = 0;
+      MPI_Get_count(&status, raw_type(w), &got);
+      KILN_CHECK(got == count, "recv on group ", name_, ": got ", got, " elements from rank ",
+                 src, ", expected ", count, " (sender and receiver sizes differ)");
+    });
     if (!w.is_same(t)) t.copy_(w);
   }
 
@@ -228,6 +301,13 @@ class MpiCommunicator final : public Communicator {
 
  private:
   static constexpr int kTag = 7;
+
+  // Calls fn(offset, count) over [0, n) in pieces MPI's int count can hold.
+  template <typename Fn>
+  void for_chunks(int64_t n, Fn&& fn) const {
+    for (int64_t off = 0; off < n; off += max_count_)
+      fn(off, static_cast<int>(std::min(max_count_, n - off)));
+  }
 
   void check(int rc, const char* op) const {
     if (rc == MPI_SUCCESS) return;
@@ -291,6 +371,8 @@ class MpiCommunicator final : public Communicator {
   std::string name_;
   double timeout_s_;
   bool cuda_aware_;
+  // Elements per MPI call: INT_MAX, or KILN_MPI_MAX_COUNT (tests lower it to exercise chunking).
+  int64_t max_count_ = max_count_from_env();
 };
 
 }  // namespace

@@ -308,10 +308,15 @@ class NcclCommunicator final : public Communicator {
 
 }  // namespace
 
+int visible_cuda_devices() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
+}
+
 std::unique_ptr<Communicator> make_nccl_world_communicator(Communicator& bootstrap, int device,
                                                            double timeout_s) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0)
+  const int count = visible_cuda_devices();
+  if (count == 0)
     user_error("parallel.backend: nccl, but no CUDA device is visible; use mpi on the CPU");
   const int dev = device % count;
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(dev));

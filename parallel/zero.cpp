@@ -62,11 +62,11 @@ struct ZeroOptimizer::Impl {
 };
 
 ZeroOptimizer::ZeroOptimizer(LlamaImpl& model, Communicator& dp, int stage, int64_t bucket_bytes,
-                             AdamWOptions hyper)
+                             AdamWOptions hyper, bool zero3_keep_gathered)
     : impl_(std::make_unique<Impl>(dp, hyper, stage, bucket_bytes)), stage_(stage) {
   KILN_CHECK(stage >= 0 && stage <= 3, "ZeRO stage must be 0-3, got ", stage);
   if (stage == 3) {
-    zero3_ = std::make_unique<Zero3Optimizer>(model, dp, hyper);
+    zero3_ = std::make_unique<Zero3Optimizer>(model, dp, hyper, zero3_keep_gathered);
     return;
   }
   Impl& m = *impl_;

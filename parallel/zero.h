@@ -42,8 +42,9 @@ struct TensorSlice {
 
 class ZeroOptimizer {
  public:
+  // zero3_keep_gathered: stage 3 keeps each unit gathered from its forward to its backward.
   ZeroOptimizer(LlamaImpl& model, Communicator& dp, int stage, int64_t bucket_bytes,
-                AdamWOptions hyper);
+                AdamWOptions hyper, bool zero3_keep_gathered = false);
   ~ZeroOptimizer();
 
   int stage() const { return stage_; }

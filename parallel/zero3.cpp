@@ -33,10 +33,11 @@ struct Zero3Optimizer::Impl {
     at::Tensor full;              // (dp * S) compute dtype, while gathered
   };
 
-  Impl(Communicator& c, AdamWOptions h) : dp(c), hyper(h) {}
+  Impl(Communicator& c, AdamWOptions h, bool keep) : dp(c), hyper(h), keep_gathered(keep) {}
 
   Communicator& dp;
   AdamWOptions hyper;
+  bool keep_gathered;  // forward leaves units gathered for their backward (no second gather)
   std::vector<Param> params;
   std::vector<Group> groups;                    // [unit]
   std::vector<std::vector<int>> unit_groups;    // [unit] -> groups it reads (tied head: + 0)
@@ -46,6 +47,7 @@ struct Zero3Optimizer::Impl {
   at::Tensor compute;   // (len) the parameter shard in the model's dtype; aliases master in fp32
   at::Tensor anchor;    // a leaf that requires grad, so every unit's backward runs
   int64_t peak = 0;
+  std::vector<int64_t> between_units;  // resident bytes after each unit released (this step)
 
   // The model's compute options, read from its (possibly empty) tensors.
   at::TensorOptions model_options() const { return params.front().tensor.options(); }
@@ -101,6 +103,15 @@ struct Zero3Optimizer::Impl {
   void drop_prefetched() {
     for (int64_t u : prefetched) release_unit(u);
     prefetched.clear();
+  }
+  // Releases everything, e.g. units kept gathered by a forward whose backward never ran.
+  void release_all() {
+    prefetched.clear();
+    for (size_t g = 0; g < groups.size(); ++g) {
+      if (groups[g].refs == 0) continue;
+      groups[g].refs = 1;
+      release(static_cast<int>(g));
+    }
   }
 
   // After a unit's backward: its parameters' gradients, reduce-scattered into the fp32 shard.
@@ -171,7 +182,8 @@ struct Zero3UnitFunction : public torch::autograd::Function<Zero3UnitFunction> {
       at::NoGradGuard no_grad;
       y = h->fn(x);
     }
-    h->impl->release_unit(h->unit);
+    if (!h->impl->keep_gathered) h->impl->release_unit(h->unit);
+    h->impl->between_units.push_back(h->impl->resident_bytes());
     return y;
   }
 
@@ -188,6 +200,8 @@ struct Zero3UnitFunction : public torch::autograd::Function<Zero3UnitFunction> {
     }
     h->impl->reduce_unit_grads(h->unit);
     h->impl->release_unit(h->unit);
+    if (h->impl->keep_gathered) h->impl->release_unit(h->unit);  // the forward's reference
+    h->impl->between_units.push_back(h->impl->resident_bytes());
     at::Tensor gx = in.is_floating_point() && in.requires_grad() ? in.grad() : at::Tensor();
     return {gx, at::Tensor(), at::Tensor()};
   }
@@ -208,8 +222,9 @@ at::Tensor Zero3Optimizer::Impl::run_unit(const std::shared_ptr<Impl>& self, int
   return Zero3UnitFunction::apply(x, anchor, c10::make_intrusive<UnitHolder>(self, unit, fn));
 }
 
-Zero3Optimizer::Zero3Optimizer(LlamaImpl& model, Communicator& dp, AdamWOptions hyper)
-    : model_(model), impl_(std::make_shared<Impl>(dp, hyper)) {
+Zero3Optimizer::Zero3Optimizer(LlamaImpl& model, Communicator& dp, AdamWOptions hyper,
+                               bool keep_gathered)
+    : model_(model), impl_(std::make_shared<Impl>(dp, hyper, keep_gathered)) {
   Impl& m = *impl_;
   const int64_t units = model.num_units();
   const int world = dp.size();
@@ -273,10 +288,11 @@ Zero3Optimizer::~Zero3Optimizer() { model_.set_unit_runner(nullptr); }
 
 void Zero3Optimizer::zero_grad() {
   Impl& m = *impl_;
-  m.drop_prefetched();
+  m.release_all();
   for (Impl::Param& p : m.params) p.tensor.mutable_grad() = at::Tensor();
   m.grad = at::Tensor();
   m.peak = m.resident_bytes();
+  m.between_units.clear();
 }
 
 void Zero3Optimizer::reduce_gradients() {
@@ -381,5 +397,8 @@ std::vector<std::pair<std::string, at::Tensor>> Zero3Optimizer::gather_parameter
 
 int64_t Zero3Optimizer::resident_parameter_bytes() const { return impl_->resident_bytes(); }
 int64_t Zero3Optimizer::peak_resident_parameter_bytes() const { return impl_->peak; }
+std::vector<int64_t> Zero3Optimizer::resident_between_units() const {
+  return impl_->between_units;
+}
 
 }  // namespace kiln

@@ -12,6 +12,8 @@
 //   backward: all-gathers again (prefetching the previous unit), recomputes the unit with grad,
 //             backpropagates, reduce-scatters the unit's gradients into this rank's fp32 shard
 //             (accumulating over micro-batches), releases the parameters.
+// keep_gathered (parallel.zero3_keep_gathered) leaves each unit gathered from its forward to
+// its backward: one all-gather per unit instead of two, for parameter memory up to the model.
 // With NCCL the gathers are stream-ordered on the communication stream, so the prefetch
 // overlaps the current unit's compute; with MPI on the CPU they complete before returning.
 //
@@ -32,7 +34,8 @@ namespace kiln {
 
 class Zero3Optimizer {
  public:
-  Zero3Optimizer(LlamaImpl& model, Communicator& dp, AdamWOptions hyper);
+  Zero3Optimizer(LlamaImpl& model, Communicator& dp, AdamWOptions hyper,
+                 bool keep_gathered = false);
   ~Zero3Optimizer();
   Zero3Optimizer(const Zero3Optimizer&) = delete;
   Zero3Optimizer& operator=(const Zero3Optimizer&) = delete;
@@ -54,6 +57,9 @@ class Zero3Optimizer {
   int64_t resident_parameter_bytes() const;
   // The largest resident_parameter_bytes() seen at any gather since the last zero_grad().
   int64_t peak_resident_parameter_bytes() const;
+  // resident_parameter_bytes() right after each unit's forward and backward released it, since
+  // the last zero_grad(): what a rank holds between layers (its shard + the prefetched unit).
+  std::vector<int64_t> resident_between_units() const;
 
   struct Impl;
 

@@ -3,6 +3,8 @@
 // 1/dp of the parameter bytes between steps (measured from its tensors).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "tests/parallel/harness.h"
 #include "tests/parallel/zero_run.h"
 
@@ -56,6 +58,13 @@ TEST_P(ZeroEquivalence, TiedEmbeddingsMatchSingleRank) {
 INSTANTIATE_TEST_SUITE_P(Stages, ZeroEquivalence, ::testing::Values(0, 1, 2, 3),
                          [](const auto& info) { return "zero" + std::to_string(info.param); });
 
+TEST(Zero3KeepGathered, MatchesSingleRank) {
+  ZeroRunSpec spec;
+  spec.stage = 3;
+  spec.keep_gathered = true;
+  expect_equivalent(run_zero(world(), spec), reference(false));
+}
+
 TEST(Zero3Memory, EachRankHoldsAboutOneOverDp) {
   const int dp = world().size();
   ZeroRunSpec spec;
@@ -76,6 +85,38 @@ TEST(Zero3Memory, EachRankHoldsAboutOneOverDp) {
   world().all_reduce(lo, ReduceOp::Min);
   world().all_reduce(hi, ReduceOp::Max);
   EXPECT_EQ(lo.item<int64_t>(), hi.item<int64_t>());
+}
+
+TEST(Zero3Memory, BetweenLayersEachRankHoldsItsShardAndOnePrefetchedUnit) {
+  const int dp = world().size();
+  ZeroRunSpec spec;
+  spec.layers = 6;
+  at::manual_seed(11);
+  Llama model(tiny_model_config(spec));
+  int64_t model_bytes = 0, largest_unit = 0;  // measured from the tensors before sharding
+  for (const auto& p : model->parameters()) model_bytes += p.numel() * p.element_size();
+  for (int64_t u = 0; u < model->num_units(); ++u) {
+    int64_t bytes = 0;
+    for (const auto& np : model->unit_parameters(u)) bytes += np.second.numel() * 4;
+    largest_unit = std::max(largest_unit, bytes);
+  }
+  Zero3Optimizer opt(*model, world(), AdamWOptions{});
+  opt.zero_grad();
+  Batch b = rows_of_step(0, world().rank() * 2, 2, spec, 64);
+  lm_loss_sum(model->forward(b), b.labels).backward();
+  opt.reduce_gradients();
+  const std::vector<int64_t> between = opt.resident_between_units();
+  ASSERT_EQ(between.size(), static_cast<size_t>(2 * model->num_units()));  // forward + backward
+  const int64_t shard = opt.resident_parameter_bytes();  // all released now: the shard alone
+  const int64_t padding = model->num_units() * (dp - 1) * 4;
+  EXPECT_LE(shard * dp, model_bytes + padding);
+  for (int64_t bytes : between) {
+    EXPECT_GE(bytes, shard);
+    EXPECT_LE(bytes, shard + largest_unit);  // one prefetched unit at most
+  }
+  // Six layers: a unit is well under a sixth of the model, so between layers a rank holds less
+  // than 1/dp + 1/6 of it.
+  for (int64_t bytes : between) EXPECT_LT(bytes, model_bytes / dp + model_bytes / 6 + padding);
 }
 
 }  // namespace

@@ -30,6 +30,7 @@ struct ZeroRunSpec {
   double lr = 1e-2;
   double clip = 0.5;          // small enough to clip in the first steps
   int64_t bucket_bytes = 1024;  // small buckets: several per step
+  bool keep_gathered = false;   // ZeRO-3: units stay gathered from forward to backward
   // eps 1e-6, not 1e-8: with a tiny eps Adam's first updates are g / (|g| + eps), so a gradient
   // element that is nearly zero turns fp32 summation-order noise (which differs between
   // layouts) into an O(lr) difference. A larger eps keeps the comparison about the reduction.
@@ -67,8 +68,6 @@ inline Batch rows_of_step(int step, int64_t first, int64_t count, const ZeroRunS
   b.labels = rows.narrow(1, 1, spec.seq_len).contiguous();
   b.position_ids = at::arange(spec.seq_len, at::kLong).expand({count, spec.seq_len}).contiguous();
   b.loss_tokens = count * spec.seq_len;
-  // One document per row, marked packed so attention takes the explicit block-causal mask.
-  b.packed = true;
   return b;
 }
 
@@ -79,7 +78,7 @@ inline ZeroRunResult run_zero(Communicator& dp, const ZeroRunSpec& spec) {
   model->reset_parameters();
   ZeroRunResult result;
   for (const auto& p : model->parameters()) result.model_bytes += p.numel() * p.element_size();
-  ZeroOptimizer opt(*model, dp, spec.stage, spec.bucket_bytes, spec.adam);
+  ZeroOptimizer opt(*model, dp, spec.stage, spec.bucket_bytes, spec.adam, spec.keep_gathered);
   const int64_t per_rank = spec.global_batch / dp.size();
   const double global_tokens = static_cast<double>(spec.global_batch * spec.seq_len);
   for (int step = 0; step < spec.steps; ++step) {

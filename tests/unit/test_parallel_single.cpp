@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "parallel/communicator.h"
+#include "parallel/communicator_backends.h"
 #include "parallel/mesh.h"
 #include "trainer/error.h"
 
@@ -84,6 +85,14 @@ TEST(ParallelSingle, SplitGivesNamedGroupOfOne) {
   EXPECT_EQ(sub->name(), "dp");
   EXPECT_EQ(sub->size(), 1);
   EXPECT_EQ(sub->rank(), 0);
+}
+
+TEST(ParallelSingle, TimeoutMessageNamesCollectiveGroupAndRank) {
+  auto dp = single()->split(/*color=*/0, /*key=*/0, "dp");
+  EXPECT_EQ(timeout_message("all_reduce", *dp, 3.0),
+            "kiln: timeout after 3s in all_reduce on group dp (rank 0 of 1, world rank 0)");
+  EXPECT_EQ(timeout_message("reduce_scatter", *dp, 0.5),
+            "kiln: timeout after 0.5s in reduce_scatter on group dp (rank 0 of 1, world rank 0)");
 }
 
 TEST(ParallelSingle, MeshOfOne) {

@@ -87,6 +87,37 @@ TEST(ParallelZero3, ModelTensorsAreEmptyBetweenUses) {
             (elements + unit_elements[0] + unit_elements[1]) * 4);
 }
 
+TEST(ParallelZero3, KeepGatheredTrainsTheSameAndHoldsTheModelUntilBackward) {
+  auto dp = single();
+  ZeroRunSpec spec;
+  spec.stage = 3;
+  spec.steps = 3;
+  const auto regathered = run_zero(*dp, spec);
+  spec.keep_gathered = true;
+  const auto kept = run_zero(*dp, spec);
+  EXPECT_EQ(kept.losses, regathered.losses);  // the same arithmetic, one gather fewer
+  for (size_t i = 0; i < kept.params.size(); ++i)
+    EXPECT_TRUE(kept.params[i].second.equal(regathered.params[i].second)) << kept.params[i].first;
+
+  at::manual_seed(2);
+  Llama model(test::tiny_model_config(spec));
+  int64_t elements = 0;
+  for (const auto& p : model->parameters()) elements += p.numel();
+  Zero3Optimizer opt(*model, *dp, AdamWOptions{}, /*keep_gathered=*/true);
+  opt.zero_grad();
+  Batch b = test::rows_of_step(0, 0, 2, spec, 64);
+  at::Tensor loss = lm_loss_sum(model->forward(b), b.labels);
+  // Between forward and backward every unit is gathered: the whole model plus the shard.
+  EXPECT_EQ(opt.resident_parameter_bytes(), 2 * elements * 4);
+  loss.backward();
+  opt.reduce_gradients();
+  EXPECT_EQ(opt.resident_parameter_bytes(), elements * 4);
+  // A forward without its backward: zero_grad releases what it kept.
+  model->forward(b);
+  opt.zero_grad();
+  EXPECT_EQ(opt.resident_parameter_bytes(), elements * 4);
+}
+
 TEST(ParallelZero3, EvaluationWithoutGradMatchesPlainModel) {
   auto dp = single();
   ZeroRunSpec spec;
