@@ -113,6 +113,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   const int64_t accum = accumulation_steps(cfg, launch.world_size);
   const int64_t global_batch = cfg.train.micro_batch_size * dp_size * accum;
   const bool rank0 = world.rank() == 0;
+  const std::string where = launch_layout();  // collective: every rank takes part
 
   const fs::path run_dir = cfg.train.run_dir;
   const std::string config_yaml = to_yaml(cfg);
@@ -120,6 +121,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     fs::create_directories(run_dir);
     std::ofstream(run_dir / "config.yaml") << config_yaml;
     log0("kiln train: ", cfg.source, " -> ", run_dir.string());
+    log0("processes: ", where);
     log0("layout: world ", launch.world_size, " = tp ", mesh.tp_size(), " x pp ", mesh.pp_size(), " x dp ", dp_size,
          ", ZeRO-", cfg.parallel.zero, ", ", accum, " micro-batches of ", cfg.train.micro_batch_size,
          " per rank per step, global batch ", global_batch, " x ", cfg.data.seq_len, " tokens, ",
@@ -138,7 +140,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   std::string weights_from;
   Llama model = build_model(cfg, /*prefer_run_dir=*/false, &weights_from);
   ZeroOptimizer optimizer(*model, dp, static_cast<int>(cfg.parallel.zero), cfg.parallel.bucket_mb << 20,
-                          AdamWOptions{cfg.train.weight_decay, cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps});
+                          AdamWOptions{cfg.train.weight_decay, cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps},
+                          cfg.parallel.zero3_keep_gathered);
   DataLoader loader(cfg, mesh.coords().dp, dp_size, global_batch);
 
   int64_t start_step = 0;

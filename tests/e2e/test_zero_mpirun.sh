@@ -3,16 +3,23 @@
 # same global batch (fp32, 1e-5 relative), and a run saved at dp=2 resumes at dp=1.
 source "$(dirname "$0")/lib.sh"
 make_tiny
-"$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/dp1" >/dev/null 2>&1 || die "dp=1 run"
-losses "$WORK/dp1" >"$WORK/dp1.loss"
+# np 2 with untied embeddings, np 4 with tied ones (the head then shares the embedding's shard).
+for tied in false true; do
+  "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/dp1-$tied" --set model.tie_embeddings=$tied \
+    >/dev/null 2>&1 || die "dp=1 run"
+  losses "$WORK/dp1-$tied" >"$WORK/dp1-$tied.loss"
+done
+cp "$WORK/dp1-false.loss" "$WORK/dp1.loss"
 for np in 2 4; do
+  tied=$([ $np = 4 ] && echo true || echo false)
   for zero in 0 1 2 3; do
     run=$WORK/np$np-z$zero
     timeout 300 mpirun --oversubscribe -np $np "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$run" \
-      --set parallel.zero=$zero --set train.micro_batch_size=$((8 / np / 2 > 0 ? 8 / np / 2 : 1)) >"$run.log" 2>&1 \
+      --set parallel.zero=$zero --set model.tie_embeddings=$tied \
+      --set train.micro_batch_size=$((8 / np / 2 > 0 ? 8 / np / 2 : 1)) >"$run.log" 2>&1 \
       || { tail -20 "$run.log"; die "np $np zero $zero"; }
     losses "$run" >"$run.loss"
-    echo -n "np $np zero $zero: "; close "$WORK/dp1.loss" "$run.loss" 1e-5 || die "np $np zero $zero differs"
+    echo -n "np $np zero $zero tied $tied: "; close "$WORK/dp1-$tied.loss" "$run.loss" 1e-5 || die "np $np zero $zero differs"
   done
 done
 # Saved at dp=2 (ZeRO-2), resumed in one process: the remaining steps match too.
