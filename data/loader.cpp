@@ -60,10 +60,31 @@ Batch make_batch(const TokenStore& store, const std::vector<Row>& rows, int64_t 
   return b;
 }
 
+SampleLossWeights sample_loss_weights(const Batch& batch) {
+  const at::Tensor labels = batch.labels.to(at::kCPU).contiguous();
+  const at::Tensor pos = batch.position_ids.to(at::kCPU).contiguous();
+  const int64_t B = labels.size(0), T = labels.size(1);
+  SampleLossWeights out;
+  out.weights = at::empty({B, T}, at::kFloat);  // (B, T)
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  const int64_t* p = pos.data_ptr<int64_t>();
+  float* w = out.weights.data_ptr<float>();
+  for (int64_t start = 0; start < B * T;) {  // one sample: [start, end) inside one row
+    int64_t end = start + 1;
+    while (end % T != 0 && p[end] != 0) ++end;
+    int64_t trained = 0;
+    for (int64_t t = start; t < end; ++t) trained += lab[t] != kIgnoreIndex;
+    for (int64_t t = start; t < end; ++t) w[t] = lab[t] != kIgnoreIndex ? 1.0f / static_cast<float>(trained) : 0.0f;
+    out.samples += trained > 0;
+    start = end;
+  }
+  return out;
+}
+
 namespace {
 
-std::vector<std::vector<int64_t>> doc_lengths(const TokenStore& store) {
-  std::vector<std::vector<int64_t>> out;
+SampleLengths doc_lengths(const TokenStore& store) {
+  SampleLengths out;
   for (const auto& s : store.sources()) {
     std::vector<int64_t> l(s.docs);
     for (int64_t d = 0; d < s.docs; ++d) l[d] = s.doc_length(d);
@@ -84,7 +105,7 @@ DataLoader::DataLoader(const Config& cfg, int64_t dp_rank, int64_t dp_size, int6
   micro_per_step_ = global_batch_ / dp_ / micro_batch_;
   if (cfg.data.mixture.empty()) user_error("data.mixture: required (a data.json, a .jsonl or a `kiln prep` dir)");
   store_ = std::make_unique<TokenStore>(ensure_prepared(cfg, cfg.data.mixture));
-  lengths_ = doc_lengths(*store_);
+  lengths_ = std::make_shared<const SampleLengths>(doc_lengths(*store_));
   for (const auto& s : store_->sources()) {
     names_.push_back(s.name);
     weights_.push_back(s.weight);
@@ -183,6 +204,10 @@ void DataLoader::restore(const LoaderState& s) {
     for (const auto& n : names_) b += (b.empty() ? "" : ", ") + n;
     user_error("data.mixture: the checkpoint was trained on sources [", a, "] but the mixture now has [", b, "]");
   }
+  if (s.micro < 0 || s.micro >= micro_per_step_ || s.step < 0)
+    user_error("data: the saved loader position (step ", s.step, ", micro-batch ", s.micro,
+               ") does not fit ", micro_per_step_, " micro-batches per step on this layout; resume from a "
+               "checkpoint taken at a step boundary");
   stop();
   state_ = s;
   start(s);

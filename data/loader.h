@@ -32,7 +32,8 @@ struct LoaderState {
   int64_t micro = 0;  // ... and is this rank's micro-batch number `micro` in it
   uint64_t seed = 0;
   std::vector<std::string> sources;    // names, to catch a resume on different data
-  std::vector<int64_t> source_tokens;  // [source] tokens in all global rows before (step, micro)
+  std::vector<int64_t> source_tokens;  // [source] tokens in all global rows before (step, micro);
+                                       // at a step boundary: every rank's rows of the steps before
 };
 void to_json(nlohmann::json& j, const LoaderState& s);
 void from_json(const nlohmann::json& j, LoaderState& s);
@@ -41,6 +42,17 @@ void from_json(const nlohmann::json& j, LoaderState& s);
 // Each piece of n tokens gives n-1 (input, label) pairs; labels are kIgnoreIndex where the
 // label token's mask bit is 0; position ids restart at 0 for every piece and for the padding.
 Batch make_batch(const TokenStore& store, const std::vector<Row>& rows, int64_t seq_len, int32_t pad_id);
+
+// data.loss_average: sample. Per-token loss weights for a mean over samples instead of over
+// tokens: weights (B, T) float32 is 1/(trained labels of that sample) where the label is
+// trained and 0 elsewhere (samples found by position_ids restarting at 0); `samples` counts
+// the samples with at least one trained label. The trainer's loss is then
+//   sum(token_loss * weights) / (samples summed over micro-batches and data-parallel ranks).
+struct SampleLossWeights {
+  at::Tensor weights;
+  int64_t samples = 0;
+};
+SampleLossWeights sample_loss_weights(const Batch& batch);
 
 class DataLoader {
  public:
@@ -72,7 +84,7 @@ class DataLoader {
   Config cfg_;
   int64_t rank_, dp_, global_batch_, micro_batch_, micro_per_step_;
   std::unique_ptr<TokenStore> store_;
-  std::vector<std::vector<int64_t>> lengths_;
+  std::shared_ptr<const SampleLengths> lengths_;
   std::vector<std::string> names_;
   std::vector<double> weights_;
   int32_t pad_id_ = 0;

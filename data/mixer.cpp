@@ -28,8 +28,9 @@ void shuffle(std::vector<int64_t>& v, std::mt19937_64& rng) {
   for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[rng() % i]);
 }
 
-Mixer::Mixer(const std::string& mode, std::vector<std::vector<int64_t>> lengths, uint64_t seed)
-    : mode_(mode), lengths_(std::move(lengths)), seed_(seed) {
+Mixer::Mixer(const std::string& mode, std::shared_ptr<const SampleLengths> lengths, uint64_t seed,
+             int64_t max_length)
+    : mode_(mode), lengths_ptr_(std::move(lengths)), lengths_(*lengths_ptr_), max_length_(max_length), seed_(seed) {
   if (mode_ != "telechat" && mode_ != "proportional")
     user_error("data.mix: unknown mixer \"", mode_, "\" (expected proportional or telechat)");
   const size_t n = lengths_.size();
@@ -101,10 +102,10 @@ SampleRef Mixer::next(const std::vector<double>& weights) {
     r.doc = perm[cursor_[r.source]++];
     // Every source's target grows by its current share of the drawn tokens, so a schedule's
     // new weights govern the tokens drawn from now on (not a catch-up on the past).
-    const double len = static_cast<double>(lengths_[r.source][r.doc]);
+    const double len = static_cast<double>(std::min(lengths_[r.source][r.doc], max_length_));
     for (size_t s = 0; s < weights.size(); ++s) target_[s] += weights[s] / sum * len;
   }
-  tokens_[r.source] += lengths_[r.source][r.doc];
+  tokens_[r.source] += std::min(lengths_[r.source][r.doc], max_length_);
   ++samples_[r.source];
   return r;
 }

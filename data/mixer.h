@@ -12,6 +12,8 @@
 // next epoch. Randomness is our own (splitmix64 / mt19937_64 bits), portable across platforms.
 #pragma once
 #include <cstdint>
+#include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -25,10 +27,16 @@ struct SampleRef {
   int64_t doc = 0;
 };
 
+using SampleLengths = std::vector<std::vector<int64_t>>;  // [source][doc] tokens
+
 class Mixer {
  public:
-  // lengths[source][doc]: tokens of each sample (proportional counts tokens).
-  Mixer(const std::string& mode, std::vector<std::vector<int64_t>> lengths, uint64_t seed);
+  // lengths: tokens of each sample (proportional counts tokens, each at most max_length);
+  // shared, not copied (a large mixture has many millions of samples).
+  Mixer(const std::string& mode, std::shared_ptr<const SampleLengths> lengths, uint64_t seed,
+        int64_t max_length = std::numeric_limits<int64_t>::max());
+  Mixer(const std::string& mode, SampleLengths lengths, uint64_t seed)
+      : Mixer(mode, std::make_shared<const SampleLengths>(std::move(lengths)), seed) {}
   SampleRef next(const std::vector<double>& weights);  // weights: one per source, >= 0, sum > 0
   const std::vector<int64_t>& tokens_drawn() const { return tokens_; }    // [source]
   const std::vector<int64_t>& samples_drawn() const { return samples_; }  // [source]
@@ -38,7 +46,9 @@ class Mixer {
   void build_pool(const std::vector<double>& weights);
 
   std::string mode_;
-  std::vector<std::vector<int64_t>> lengths_;
+  std::shared_ptr<const SampleLengths> lengths_ptr_;
+  const SampleLengths& lengths_;
+  int64_t max_length_;
   uint64_t seed_;
   std::vector<int64_t> tokens_, samples_;
   std::vector<double> target_;  // [source] proportional: tokens it should have had by now

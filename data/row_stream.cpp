@@ -1,6 +1,8 @@
 // RowStream: mixer + packer -> the global row order (see row_stream.h).
 #include "data/row_stream.h"
 
+#include <algorithm>
+
 #include "data/packer.h"
 #include "trainer/config.h"
 #include "trainer/error.h"
@@ -9,16 +11,20 @@ namespace kiln {
 
 namespace {
 constexpr int64_t kChunkRows = 16;  // best-fit packs the samples of about this many rows at once
-}
 
-RowStream::RowStream(std::vector<std::vector<int64_t>> lengths, std::vector<std::string> names,
+}  // namespace
+
+RowStream::RowStream(std::shared_ptr<const SampleLengths> lengths, std::vector<std::string> names,
                      std::vector<double> weights, const DataConfig& data, uint64_t seed, int64_t global_batch_size)
-    : lengths_(std::move(lengths)),
+    : lengths_ptr_(std::move(lengths)),
+      lengths_(*lengths_ptr_),
       names_(std::move(names)),
       weights_(std::move(weights)),
       data_(data),
       global_batch_(global_batch_size),
-      mixer_(data.mix, lengths_, seed),
+      seed_(seed),
+      // the mixer counts what a sample can contribute to a row: at most seq_len + 1 tokens
+      mixer_(data.mix, lengths_ptr_, seed, data.seq_len + 1),
       tokens_(lengths_.size(), 0) {
   if (data_.seq_len < 1) user_error("data.seq_len: ", data_.seq_len, " must be >= 1");
   if (data_.overlong != "truncate" && data_.overlong != "drop")
@@ -61,9 +67,16 @@ void RowStream::refill() {
     ready_.push_back({pieces.front()});
     return;
   }
-  for (const auto& bin : best_fit_pack(positions, cap)) {
+  // Best-fit opens rows longest sample first; a seeded shuffle of the rows keeps that from
+  // skewing which sources the first steps of a chunk see.
+  const auto bins = best_fit_pack(positions, cap);
+  std::vector<int64_t> order(bins.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  auto rng = make_rng(seed_, 0x9ac4, static_cast<uint64_t>(chunks_++));
+  shuffle(order, rng);
+  for (int64_t b : order) {
     Row row;
-    for (int64_t i : bin) row.push_back(pieces[i]);
+    for (int64_t i : bins[b]) row.push_back(pieces[i]);
     ready_.push_back(std::move(row));
   }
 }

@@ -112,7 +112,7 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
   // thread starts using another tokenizer.
   thread_local std::unordered_map<std::string, std::vector<int32_t>> cache;
   thread_local uint64_t owner = 0;
-  constexpr size_t kMaxWord = 48, kMaxEntries = 1 << 20;
+  constexpr size_t kMaxWord = 48, kMaxEntries = 1 << 18;  // about 20 MB a thread at most
   if (owner != instance_ || cache.size() > kMaxEntries) {
     cache.clear();
     owner = instance_;

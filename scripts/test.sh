@@ -30,7 +30,7 @@ if [ -z "${KILN_TEST_FILTER:-}" ]; then
   passed=$((passed + ${pp:-0})); failed=$((failed + ${pf:-1}))
 
   echo "== end-to-end tests (tests/e2e)"
-  for t in tests/e2e/*.sh; do
+  for t in tests/e2e/test_*.sh; do
     if bash "$t" >"$report/$(basename "$t").log" 2>&1; then
       echo "PASS $t"; passed=$((passed + 1))
     else

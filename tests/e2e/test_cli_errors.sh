@@ -26,3 +26,5 @@ plan=$("$KILN" plan "$WORK/tiny.yaml")
 echo "$plan" | grep -q "^parameters: " || die "plan prints no parameter count: $plan"
 for v in train eval plan generate export prep; do "$KILN" $v --help >/dev/null || die "$v --help"; done
 echo "cli errors: ok"
+# The key reference in docs/ is what the binary says.
+diff <("$KILN" plan --explain) "$ROOT/docs/config-keys.txt" >/dev/null || die "docs/config-keys.txt is stale: build/kiln plan --explain > docs/config-keys.txt"

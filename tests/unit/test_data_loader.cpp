@@ -2,6 +2,7 @@
 // for 1, 2 and 4 data-parallel ranks, exact resume, packing efficiency and the eval loader.
 #include <gtest/gtest.h>
 
+#include <ATen/ops/tensor.h>
 #include <ATen/core/Tensor.h>
 
 #include <nlohmann/json.hpp>
@@ -85,6 +86,23 @@ TEST(DataBatch, LabelsMasksPositionsAndPadding) {
   EXPECT_FALSE(make_batch(store, {{{0, 1, a}}}, T, store.pad_id()).packed);
 }
 
+TEST(DataBatch, SampleLossWeightsAverageOverSamples) {
+  // Row 0: a sample with 3 trained labels (positions 0-3), one with 1 (4-6), padding (7).
+  // Row 1: a sample with 2 trained labels, then padding.
+  const int64_t I = kIgnoreIndex;
+  Batch b;
+  b.labels = at::tensor(std::vector<int64_t>{5, 6, 7, I, I, 8, I, I, 9, I, 4, I, I, I, I, I}).view({2, 8});
+  b.position_ids = at::tensor(std::vector<int64_t>{0, 1, 2, 3, 0, 1, 2, 0, 0, 1, 2, 3, 0, 1, 2, 3}).view({2, 8});
+  const SampleLossWeights sw = sample_loss_weights(b);
+  EXPECT_EQ(sw.samples, 3);
+  const float t = 1.0f / 3;
+  const std::vector<float> expected = {t, t, t, 0, 0, 1, 0, 0, 0.5f, 0, 0.5f, 0, 0, 0, 0, 0};
+  const at::Tensor w = sw.weights.contiguous();
+  EXPECT_EQ(std::vector<float>(w.data_ptr<float>(), w.data_ptr<float>() + 16), expected);
+  // Each sample's weights sum to 1, so sum(loss * w) / samples is the mean of sample means.
+  EXPECT_FLOAT_EQ(sw.weights.sum().item<float>(), 3.0f);
+}
+
 // The rows of `steps` training steps as dp ranks see them, stitched in rank order.
 std::vector<std::vector<int64_t>> global_rows(int64_t dp, int64_t steps, int64_t global_batch) {
   const Config cfg = loader_config(48, 2);
@@ -148,6 +166,41 @@ TEST(DataLoader, RestoreReplaysExactlyTheSameBatches) {
   LoaderState other = saved;
   other.sources = {"x.jsonl"};
   EXPECT_THROW(b.restore(other), UserError);
+}
+
+TEST(DataLoader, ReshardedResumeContinuesTheSameOrder) {
+  // Two steps on one rank, then a checkpoint, then two ranks (and four) resume from it: the
+  // rows they see, stitched in rank order, are the rows the single rank goes on to see.
+  const Config cfg = loader_config(48, 2);
+  DataLoader one(cfg, 0, 1, 8);
+  for (int i = 0; i < 8; ++i) one.next();  // steps 0 and 1: 4 micro-batches each
+  const LoaderState at_step2 = one.state();
+  ASSERT_EQ(at_step2.step, 2);
+  ASSERT_EQ(at_step2.micro, 0);
+  std::vector<std::vector<int64_t>> expected;
+  for (int i = 0; i < 8; ++i) {
+    const Batch b = one.next();
+    for (int64_t r = 0; r < 2; ++r) expected.push_back(row_of(b.input_ids, r));
+  }
+  for (int64_t dp : {2, 4}) {
+    std::vector<std::unique_ptr<DataLoader>> ranks;
+    for (int64_t r = 0; r < dp; ++r) {
+      ranks.push_back(std::make_unique<DataLoader>(cfg, r, dp, 8));
+      ranks.back()->restore(at_step2);
+    }
+    std::vector<std::vector<int64_t>> got;
+    for (int step = 0; step < 2; ++step)
+      for (auto& l : ranks)
+        for (int64_t m = 0; m < 4 / dp; ++m) {
+          const Batch b = l->next();
+          for (int64_t r = 0; r < 2; ++r) got.push_back(row_of(b.input_ids, r));
+        }
+    EXPECT_EQ(got, expected) << "dp " << dp;
+  }
+  LoaderState mid = at_step2;
+  mid.micro = 3;  // valid for dp 1 (4 micro-batches per step), not for dp 4 (1 per step)
+  DataLoader four(cfg, 0, 4, 8);
+  EXPECT_THROW(four.restore(mid), UserError);
 }
 
 TEST(DataLoader, SourceTokensAtStepBoundariesAreGlobal) {

@@ -221,5 +221,21 @@ TEST(DataRows, PackedRowsTruncateOrDropOverlong) {
   EXPECT_EQ(drop.truncated(), 0);
 }
 
+TEST(DataRows, PackedRowsKeepTheProportionalTokenShare) {
+  // Unequal lengths, weights {2, 1, 0.5}: over 400 packed rows of 64 positions each source's
+  // share of the row tokens is its normalized weight to within 1%.
+  DataConfig d = rows_config(64, /*packing=*/true);
+  std::vector<std::vector<int64_t>> lengths(3);
+  for (int s = 0; s < 3; ++s)
+    for (int i = 0; i < 300; ++i) lengths[s].push_back(2 + (i * 13 + s * 7) % 40);
+  RowStream rows(lengths, {"a", "b", "c"}, {2.0, 1.0, 0.5}, d, 4, 8);
+  for (int i = 0; i < 400; ++i) rows.next();
+  const auto& t = rows.source_tokens();
+  const double total = t[0] + t[1] + t[2];
+  EXPECT_NEAR(t[0] / total, 4.0 / 7, 0.01);
+  EXPECT_NEAR(t[1] / total, 2.0 / 7, 0.01);
+  EXPECT_NEAR(t[2] / total, 1.0 / 7, 0.01);
+}
+
 }  // namespace
 }  // namespace kiln
