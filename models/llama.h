@@ -1,5 +1,6 @@
 // The Llama-family decoder as LibTorch modules: RMSNorm, rotary embeddings with scaling
-// (linear, dynamic NTK, llama3), grouped-query attention through scaled_dot_product_attention,
+// (linear, dynamic NTK, llama3), grouped-query attention through scaled_dot_product_attention
+// (packed rows on CUDA: variable-length flash attention, models/ops/varlen_attention.h),
 // SwiGLU MLP, tied or untied embeddings, ALiBi as an option.
 //
 // Parameter names are Hugging Face's (model.layers.3.self_attn.q_proj.weight, lm_head.weight),

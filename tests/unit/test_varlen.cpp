@@ -77,11 +77,15 @@ TEST(Varlen, CpuKeepsTheMaskPath) {
 // Reference: fp32 SDPA over (B=1, H, N, D) with a block-diagonal causal mask from cu_seqlens.
 at::Tensor masked_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos) {
   const int64_t N = q.size(0), rep = q.size(1) / k.size(1);
-  at::Tensor doc = (pos.view({1, N}) == 0).cumsum(1).view({N});
-  at::Tensor allowed = doc.unsqueeze(1).eq(doc.unsqueeze(0)).logical_and(at::ones({N, N}, doc.options().dtype(at::kBool)).tril());
-  auto heads_first = [](const at::Tensor& t) { return t.to(at::kFloat).transpose(0, 1).unsqueeze(0); };  // (1, heads, N, D)
+  at::Tensor doc = (pos.view({1, N}) == 0).cumsum(1).view({N});  // (N) document index
+  at::Tensor causal = at::ones({N, N}, doc.options().dtype(at::kBool)).tril();
+  at::Tensor allowed = doc.unsqueeze(1).eq(doc.unsqueeze(0)).logical_and(causal);  // (N, N)
+  auto heads_first = [](const at::Tensor& t) {  // (N, heads, D) -> (1, heads, N, D) fp32
+    return t.to(at::kFloat).transpose(0, 1).unsqueeze(0);
+  };
   at::Tensor out = at::scaled_dot_product_attention(heads_first(q), heads_first(k).repeat_interleave(rep, 1),
-                                                    heads_first(v).repeat_interleave(rep, 1), allowed.view({1, 1, N, N}));
+                                                    heads_first(v).repeat_interleave(rep, 1),
+                                                    allowed.view({1, 1, N, N}));
   return out.squeeze(0).transpose(0, 1);  // (N, H, D)
 }
 
@@ -132,8 +136,9 @@ TEST(VarlenCuda, PackedModelOnCudaMatchesCpu) {
   model->to(at::kFloat);
   Batch b;
   b.input_ids = at::randint(0, cfg.vocab_size, {2, 12}, at::kLong);
-  b.position_ids = at::tensor(std::vector<int64_t>{0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, /**/ 0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4},
-                              at::kLong).view({2, 12});
+  const std::vector<int64_t> pos = {0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3,   // documents of 5, 3, 4
+                                    0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4};  // 7, 5
+  b.position_ids = at::tensor(pos, at::kLong).view({2, 12});
   b.packed = true;
   at::NoGradGuard no_grad;
   at::Tensor cpu_logits = model->forward(b);  // fp32, block-diagonal mask
