@@ -23,6 +23,8 @@ docs=${DOCS:-long}
 reference=${REFERENCE:-$here/../shared/bench/pytorch_baseline.py}
 extra=${SET:-}
 [ -x "$kiln" ] || { echo "bench/train_bench: $kiln not built (cmake --build build --target kiln)" >&2; exit 2; }
+[ "$reference" = none ] || [ -e "$reference" ] || {
+  echo "bench/train_bench: reference $reference not found (REFERENCE=path/to/pytorch_baseline.py, or none)" >&2; exit 2; }
 case $docs in long|packed) ;; *) echo "bench/train_bench: DOCS=$docs: valid: long | packed" >&2; exit 2 ;; esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
