@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "models/ops/varlen_attention.h"
 #include "models/recompute.h"
 #include "trainer/error.h"
 
@@ -103,6 +104,20 @@ AttentionImpl::AttentionImpl(const ModelConfig& cfg)
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionContext& ctx) {
   const int64_t B = x.size(0), T = x.size(1);
+  if (ctx.cu_seqlens.defined()) {
+    // Packed documents on CUDA: tokens laid end to end (N = B*T), varlen flash attention.
+    // No selective recomputation here: the kernel keeps only q, k, v, the output and the
+    // (H, N) log-sum-exp, which is what recomputing the core would keep anyway.
+    at::Tensor q = q_proj(x).view({B * T, num_heads_, head_dim_});     // (N, H, D)
+    at::Tensor k = k_proj(x).view({B * T, num_kv_heads_, head_dim_});  // (N, K, D)
+    at::Tensor v = v_proj(x).view({B * T, num_kv_heads_, head_dim_});
+    at::Tensor cos = ctx.cos.reshape({B * T, 1, head_dim_}), sin = ctx.sin.reshape({B * T, 1, head_dim_});
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
+    VarlenLayout layout{ctx.cu_seqlens, ctx.max_seqlen};
+    at::Tensor out = varlen_flash_attention(q, k, v, layout);  // (N, H, D)
+    return o_proj(out.view({B, T, num_heads_ * head_dim_}));
+  }
   at::Tensor q = q_proj(x).view({B, T, num_heads_, head_dim_}).transpose(1, 2);     // (B, H, T, D)
   at::Tensor k = k_proj(x).view({B, T, num_kv_heads_, head_dim_}).transpose(1, 2);  // (B, K, T, D)
   at::Tensor v = v_proj(x).view({B, T, num_kv_heads_, head_dim_}).transpose(1, 2);
@@ -235,6 +250,15 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
     ctx.cos = tables.cos.index_select(0, pos.reshape(-1)).view({pos.size(0), T, -1});  // (B, T, D)
     ctx.sin = tables.sin.index_select(0, pos.reshape(-1)).view({pos.size(0), T, -1});
   }
+  ctx.causal = true;
+  if (batch.packed && cfg_.position == "rope" &&
+      varlen_flash_supported(opts.device(), opts.dtype().toScalarType(), cfg_.head_dim())) {
+    // CUDA: document offsets instead of a (B, 1, T, T) mask (1 GiB of bools at T = 16k, B = 4).
+    VarlenLayout layout = varlen_layout(pos);
+    ctx.cu_seqlens = layout.cu_seqlens;
+    ctx.max_seqlen = layout.max_seqlen;
+    return ctx;
+  }
   at::Tensor causal = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(pos.device())).tril();
   at::Tensor allowed;  // (B, 1, T, T) bool
   if (batch.packed) {
@@ -252,7 +276,6 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
   } else if (allowed.defined()) {
     ctx.mask = allowed;
   }
-  ctx.causal = true;
   return ctx;
 }
 

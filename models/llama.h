@@ -1,5 +1,6 @@
 // The Llama-family decoder as LibTorch modules: RMSNorm, rotary embeddings with scaling
-// (linear, dynamic NTK, llama3), grouped-query attention through scaled_dot_product_attention,
+// (linear, dynamic NTK, llama3), grouped-query attention through scaled_dot_product_attention
+// (packed rows on CUDA: variable-length flash attention, models/ops/varlen_attention.h),
 // SwiGLU MLP, tied or untied embeddings, ALiBi as an option.
 //
 // Parameter names are Hugging Face's (model.layers.3.self_attn.q_proj.weight, lm_head.weight),
@@ -58,6 +59,10 @@ struct AttentionContext {
   at::Tensor cos, sin;        // (B, T, head_dim), gathered at position_ids
   at::Tensor mask;            // (B, 1, T, T) bool or additive float; undefined = plain causal
   bool causal = true;         // use is_causal=true in SDPA (no packing, no ALiBi)
+  // Packed rows on CUDA in fp16/bf16 (RoPE models): document offsets for varlen flash
+  // attention (models/ops/varlen_attention.h); `mask` is then left undefined.
+  at::Tensor cu_seqlens;      // (docs + 1) int32 over the flattened B*T tokens; undefined = not varlen
+  int64_t max_seqlen = 0;     // tokens in the longest document
 };
 
 class AttentionImpl : public torch::nn::Module {

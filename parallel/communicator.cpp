@@ -100,4 +100,11 @@ std::unique_ptr<Communicator> make_world_communicator(const std::string& backend
   return make_single_communicator("world");
 }
 
+void all_reduce_host(Communicator& comm, at::Tensor& t, const c10::Device& device, ReduceOp op) {
+  if (device.is_cpu()) return comm.all_reduce(t, op);
+  at::Tensor d = t.to(device);
+  comm.all_reduce(d, op);
+  t.copy_(d);
+}
+
 }  // namespace kiln

@@ -8,6 +8,7 @@
 // exit non-zero — never hang forever.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
 #include <memory>
@@ -45,6 +46,11 @@ class Communicator {
   // Ranks with the same color form a new group, ordered by key. Collective over this group.
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) = 0;
 };
+
+// all_reduce of a small host tensor (counts, a loss, a flag) on a group whose backend may only
+// take device tensors (NCCL): staged through `device` when that is not the CPU.
+void all_reduce_host(Communicator& comm, at::Tensor& t, const c10::Device& device,
+                     ReduceOp op = ReduceOp::Sum);
 
 struct LaunchInfo {
   int world_rank = 0;

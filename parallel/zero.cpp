@@ -1,5 +1,6 @@
 // ZeroOptimizer stages 0-2 (see zero.h): the trained parameters laid end to end in one flat
-// fp32 space of n elements, padded to N = dp * S; rank r owns [r*S, (r+1)*S).
+// fp32 space of n elements, padded to N = dp * S; rank r owns [r*S, (r+1)*S). Flat gradients
+// and collectives live on the model's device, the fp32 state on the state device (zero.h).
 #include "parallel/zero.h"
 
 #include <ATen/ATen.h>
@@ -12,6 +13,14 @@
 #include "trainer/error.h"
 
 namespace kiln {
+namespace {
+
+// A copy on the host, never an alias (checkpoints keep it while training goes on).
+at::Tensor host_copy(const at::Tensor& t) {
+  return t.to(at::kCPU, t.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+}
+
+}  // namespace
 
 struct ZeroOptimizer::Impl {
   struct Param {
@@ -30,15 +39,20 @@ struct ZeroOptimizer::Impl {
   int64_t shard = 0;        // S
   int64_t begin = 0;        // this rank's range in the flat space: [begin, begin + len)
   int64_t len = 0;
-  at::Tensor master, exp_avg, exp_avg_sq, decay_mask;  // (len) fp32
-  at::Tensor grad;                                     // (len) fp32, reduced
+  at::Tensor master, exp_avg, exp_avg_sq, decay_mask;  // (len) fp32, on the state device
+  at::Tensor grad;                                     // (len) fp32, reduced, on the state device
 
   Impl(Communicator& c, AdamWOptions h, int s, int64_t bucket_bytes)
       : dp(c), hyper(h), stage(s), bucket_elems(std::max<int64_t>(1, bucket_bytes / 4)) {}
 
-  // Full flat fp32 copy of the model's gradients (zeros where a grad is missing), padded to N.
+  // Where collectives run: the model's tensors' device.
+  c10::Device model_device() const { return params.empty() ? c10::Device(c10::kCPU) : params.front().tensor.device(); }
+  at::TensorOptions comm_options() const { return at::TensorOptions().dtype(at::kFloat).device(model_device()); }
+
+  // Full flat fp32 copy of the model's gradients (zeros where a grad is missing), padded to N,
+  // on the model's device.
   at::Tensor flat_grads() const {
-    at::Tensor flat = at::zeros({shard * dp.size()}, at::kFloat);
+    at::Tensor flat = at::zeros({shard * dp.size()}, comm_options());
     for (const auto& p : params) {
       const at::Tensor& g = p.tensor.grad();
       if (g.defined()) flat.narrow(0, p.offset, p.numel).copy_(g.reshape(-1));
@@ -52,11 +66,11 @@ struct ZeroOptimizer::Impl {
     for (auto& p : params) p.tensor.copy_(full.narrow(0, p.offset, p.numel).view_as(p.tensor));
   }
 
-  // The full flat master on every rank.
+  // The full flat master on every rank (on the model's device when gathered).
   at::Tensor full_master() const {
     if (stage == 0 || dp.size() == 1) return master;
-    at::Tensor full = at::empty({shard * dp.size()}, at::kFloat);
-    dp.all_gather(master, full);
+    at::Tensor full = at::empty({shard * dp.size()}, comm_options());
+    dp.all_gather(master.to(model_device()), full);
     return full;
   }
 };
@@ -87,8 +101,9 @@ ZeroOptimizer::ZeroOptimizer(LlamaImpl& model, Communicator& dp, int stage, int6
     full.narrow(0, p.offset, p.numel).copy_(p.tensor.detach().reshape(-1).to(at::kFloat));
     if (p.decay) mask.narrow(0, p.offset, p.numel).fill_(1.0);
   }
-  m.master = full.narrow(0, m.begin, m.len).clone();
-  m.decay_mask = mask.narrow(0, m.begin, m.len).clone();
+  // The state starts on the model's device (the CPU when the trainer builds it).
+  m.master = full.narrow(0, m.begin, m.len).clone().to(m.model_device());
+  m.decay_mask = mask.narrow(0, m.begin, m.len).clone().to(m.model_device());
   m.exp_avg = at::zeros_like(m.master);
   m.exp_avg_sq = at::zeros_like(m.master);
 }
@@ -107,25 +122,26 @@ void ZeroOptimizer::reduce_gradients() {
   const int world = m.dp.size();
   at::Tensor flat = m.flat_grads();  // (N)
   if (world == 1) {
-    m.grad = flat;
+    m.grad = flat.to(m.master.device());
   } else if (stage_ < 2) {
     // Stage 0/1: all-reduce bucket by bucket, then keep what this rank updates.
     for (int64_t off = 0; off < flat.numel(); off += m.bucket_elems) {
       at::Tensor bucket = flat.narrow(0, off, std::min(m.bucket_elems, flat.numel() - off));
       m.dp.all_reduce(bucket);
     }
-    m.grad = flat.narrow(0, m.begin, m.len).clone();
+    m.grad = flat.narrow(0, m.begin, m.len).to(m.master.device(), at::kFloat, /*non_blocking=*/false, /*copy=*/true);
   } else {
     // Stage 2: reduce-scatter. Bucket k holds the k-th piece of every rank's shard, so each
     // rank receives the summed piece of its own shard.
-    m.grad = at::empty({m.shard}, at::kFloat);
+    at::Tensor mine = at::empty({m.shard}, m.comm_options());
     at::Tensor by_rank = flat.view({world, m.shard});
     for (int64_t off = 0; off < m.shard; off += m.bucket_elems) {
       int64_t len = std::min(m.bucket_elems, m.shard - off);
       at::Tensor in = by_rank.narrow(1, off, len).contiguous().view(-1);  // (world * len)
-      at::Tensor out = m.grad.narrow(0, off, len);
+      at::Tensor out = mine.narrow(0, off, len);
       m.dp.reduce_scatter(in, out);
     }
+    m.grad = mine.to(m.master.device());
   }
   // The model's gradients are no longer needed: free them (the point of stage 2).
   if (stage_ >= 2)
@@ -137,7 +153,10 @@ double ZeroOptimizer::grad_norm() {
   Impl& m = *impl_;
   KILN_CHECK(m.grad.defined(), "grad_norm before reduce_gradients");
   at::Tensor sq = m.grad.to(at::kDouble).pow(2).sum().reshape({1});
-  if (stage_ >= 1 && m.dp.size() > 1) m.dp.all_reduce(sq);
+  if (stage_ >= 1 && m.dp.size() > 1) {
+    sq = sq.to(m.model_device());
+    m.dp.all_reduce(sq);
+  }
   return std::sqrt(sq.item<double>());
 }
 
@@ -174,7 +193,7 @@ std::vector<TensorSlice> ZeroOptimizer::state_slices() const {
         {"master/", &m.master}, {"exp_avg/", &m.exp_avg}, {"exp_avg_sq/", &m.exp_avg_sq}};
     for (const auto& [prefix, buf] : kinds)
       out.push_back({prefix + p.name, shape, a - p.offset, b - p.offset,
-                     buf->narrow(0, a - m.begin, b - a).clone()});
+                     host_copy(buf->narrow(0, a - m.begin, b - a))});
   }
   return out;
 }
@@ -219,8 +238,19 @@ std::vector<std::pair<std::string, at::Tensor>> ZeroOptimizer::gather_parameters
   at::Tensor full = m.full_master();
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const auto& p : m.params)
-    out.emplace_back(p.name, full.narrow(0, p.offset, p.numel).view(p.tensor.sizes()).clone());
+    out.emplace_back(p.name, host_copy(full.narrow(0, p.offset, p.numel).view(p.tensor.sizes())));
   return out;
+}
+
+void ZeroOptimizer::to(const c10::Device& device) {
+  if (zero3_) return zero3_->to(device);
+  Impl& m = *impl_;
+  for (at::Tensor* t : {&m.master, &m.exp_avg, &m.exp_avg_sq, &m.decay_mask, &m.grad})
+    if (t->defined()) *t = t->to(device);
+}
+
+c10::Device ZeroOptimizer::state_device() const {
+  return zero3_ ? zero3_->state_device() : impl_->master.device();
 }
 
 int64_t ZeroOptimizer::resident_parameter_bytes() const {

@@ -8,8 +8,16 @@
 //            backward, the next unit prefetched.
 // AdamW with decoupled weight decay on matrices (dim >= 2) only; fp32 master weights, the
 // model's tensors (bf16 on CUDA, fp32 on the CPU) are copies of the master.
+//
+// Devices: the fp32 state (master, moments, reduced gradient) starts where the model's tensors
+// are when the optimizer is built (the trainer builds it on the CPU, to copy exact fp32 values,
+// and moves the model afterwards) and moves with to(). Collectives and the gradient flattening
+// always run on the model's device (NCCL needs CUDA tensors); with the state on the host
+// (train.optimizer_offload: cpu) each step copies the reduced gradient shard down and the
+// updated master shard up.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
 #include <memory>
@@ -57,6 +65,11 @@ class ZeroOptimizer {
   // into the model's tensors (stage 1/2: all-gather of the updated shards).
   void step(double lr, double grad_scale);
   int64_t steps_taken() const { return steps_; }
+
+  // Moves the fp32 state to `device`: the model's device after model->to(), or the CPU for
+  // optimizer offload. Values are unchanged.
+  void to(const c10::Device& device);
+  c10::Device state_device() const;
 
   // This rank's optimizer state: "master/NAME", "exp_avg/NAME", "exp_avg_sq/NAME" slices.
   std::vector<TensorSlice> state_slices() const;

@@ -43,8 +43,9 @@ struct Zero3Optimizer::Impl {
   std::vector<std::vector<int>> unit_groups;    // [unit] -> groups it reads (tied head: + 0)
   std::set<int64_t> prefetched;                 // units holding a reference taken ahead of use
   int64_t len = 0;                              // this rank's shard elements (all groups)
-  at::Tensor master, exp_avg, exp_avg_sq, decay_mask, grad;  // (len) fp32, on the model device
-  at::Tensor compute;   // (len) the parameter shard in the model's dtype; aliases master in fp32
+  at::Tensor master, exp_avg, exp_avg_sq, decay_mask, grad;  // (len) fp32, on the state device
+  at::Tensor compute;   // (len) the parameter shard in the model's dtype and on its device;
+                        // aliases master when both match
   at::Tensor anchor;    // a leaf that requires grad, so every unit's backward runs
   int64_t peak = 0;
   std::vector<int64_t> between_units;  // resident bytes after each unit released (this step)
@@ -52,17 +53,19 @@ struct Zero3Optimizer::Impl {
   // The model's compute options, read from its (possibly empty) tensors.
   at::TensorOptions model_options() const { return params.front().tensor.options(); }
 
-  // Moves the fp32 state to the model's device and (re)builds the compute shard, once the
-  // trainer has moved the model (model->to() after the optimizer was built).
+  // (Re)builds the compute shard on the model's device in its dtype, once the trainer has
+  // moved the model (model->to() after the optimizer was built). The fp32 state stays where
+  // to() put it.
   void ensure_compute() {
     const at::TensorOptions opts = model_options();
-    if (master.device() != opts.device()) {
-      for (at::Tensor* t : {&master, &exp_avg, &exp_avg_sq, &decay_mask, &grad})
-        if (t->defined()) *t = t->to(opts.device());
-      compute = at::Tensor();
-    }
-    if (compute.defined() && compute.scalar_type() == opts.dtype().toScalarType()) return;
-    compute = opts.dtype().toScalarType() == at::kFloat ? master : master.to(opts.dtype().toScalarType());
+    const at::ScalarType dtype = opts.dtype().toScalarType();
+    if (compute.defined() && compute.device() == opts.device() && compute.scalar_type() == dtype) return;
+    compute = master.to(opts.device(), dtype);  // master itself when device and dtype match
+  }
+  void move_state(const c10::Device& device) {
+    for (at::Tensor* t : {&master, &exp_avg, &exp_avg_sq, &decay_mask, &grad})
+      if (t->defined()) *t = t->to(device);
+    compute = at::Tensor();  // rebuilt at the next gather (it may have aliased the old master)
   }
   void refresh_compute() {
     if (compute.defined() && !compute.is_same(master)) compute.copy_(master);
@@ -128,7 +131,7 @@ struct Zero3Optimizer::Impl {
       at::Tensor mine = at::empty({G.shard}, compute.options());
       dp.reduce_scatter(flat, mine);
       if (!grad.defined()) grad = at::zeros({len}, master.options());
-      grad.narrow(0, G.shard_offset, G.shard).add_(mine.to(at::kFloat));
+      grad.narrow(0, G.shard_offset, G.shard).add_(mine.to(grad.device(), at::kFloat));
     }
   }
 
@@ -306,7 +309,7 @@ void Zero3Optimizer::reduce_gradients() {
 double Zero3Optimizer::grad_norm() {
   Impl& m = *impl_;
   KILN_CHECK(m.grad.defined(), "grad_norm before reduce_gradients");
-  at::Tensor sq = m.grad.to(at::kDouble).pow(2).sum().reshape({1});
+  at::Tensor sq = m.grad.to(at::kDouble).pow(2).sum().reshape({1}).to(m.model_options().device());
   m.dp.all_reduce(sq);
   return std::sqrt(sq.item<double>());
 }
@@ -382,8 +385,9 @@ std::vector<std::pair<std::string, at::Tensor>> Zero3Optimizer::gather_parameter
   std::vector<at::Tensor> full(m.groups.size());
   for (size_t g = 0; g < m.groups.size(); ++g) {
     const Impl::Group& G = m.groups[g];
-    full[g] = at::empty({G.shard * m.dp.size()}, m.master.options());
-    m.dp.all_gather(m.master.narrow(0, G.shard_offset, G.shard), full[g]);
+    // Gathered on the model's device (where collectives run), in fp32.
+    full[g] = at::empty({G.shard * m.dp.size()}, m.master.options().device(m.model_options().device()));
+    m.dp.all_gather(m.master.narrow(0, G.shard_offset, G.shard).to(full[g].device()), full[g]);
   }
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (size_t i = 0; i < m.params.size(); ++i) {
@@ -394,6 +398,9 @@ std::vector<std::pair<std::string, at::Tensor>> Zero3Optimizer::gather_parameter
   }
   return out;
 }
+
+void Zero3Optimizer::to(const c10::Device& device) { impl_->move_state(device); }
+c10::Device Zero3Optimizer::state_device() const { return impl_->master.device(); }
 
 int64_t Zero3Optimizer::resident_parameter_bytes() const { return impl_->resident_bytes(); }
 int64_t Zero3Optimizer::peak_resident_parameter_bytes() const { return impl_->peak; }

@@ -3,8 +3,9 @@
 //
 // Each unit of the model (LlamaImpl's chain: embedding, one per decoder layer, norm + head) is a
 // shard group: its parameters laid end to end, padded to dp * S, rank r owning [r*S, (r+1)*S).
-// A rank keeps only its shards: fp32 master, Adam moments and gradient, plus the parameter
-// shard in the model's compute dtype. The model's own tensors are empty between uses.
+// A rank keeps only its shards: fp32 master, Adam moments and gradient (on the state device:
+// the model's, or the host with optimizer offload), plus the parameter shard in the model's
+// compute dtype on the model's device. The model's own tensors are empty between uses.
 //
 // A unit runner installed on the model wraps every unit in an autograd function that
 //   forward:  all-gathers the unit's parameters (and prefetches the next unit's), runs the unit
@@ -47,6 +48,11 @@ class Zero3Optimizer {
   double grad_norm();
   // AdamW on this rank's shard; step_count is the 1-based number of this update.
   void step(double lr, double grad_scale, int64_t step_count);
+
+  // Moves the fp32 shard state (master, moments, gradient) to `device`; the compute-dtype
+  // parameter shard always follows the model's device (see ZeroOptimizer::to).
+  void to(const c10::Device& device);
+  c10::Device state_device() const;
 
   std::vector<TensorSlice> state_slices() const;
   void load_state(const std::vector<TensorSlice>& slices);

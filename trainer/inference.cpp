@@ -28,7 +28,7 @@ EvalResult evaluate_model(LlamaImpl& model, const Config& cfg, const c10::Device
     sums[0] += lm_loss_sum(model.forward(db), db.labels).item<double>();
     sums[1] += static_cast<double>(b.loss_tokens);
   }
-  if (dp) dp->all_reduce(sums);
+  if (dp) all_reduce_host(*dp, sums, device);
   if (was_training) model.train();
   const double tokens = sums[1].item<double>();
   if (tokens == 0) user_error("data.eval: ", cfg.data.eval, " has no trained tokens");

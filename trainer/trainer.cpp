@@ -7,6 +7,9 @@
 #include <ATen/ATen.h>
 #include <sys/resource.h>
 #include <torch/cuda.h>
+#ifdef KILN_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -44,11 +47,20 @@ std::string format_duration(double seconds) {
   return str(s, "s");
 }
 
+// CUDA: the caching allocator's peak of allocated bytes (torch.cuda.max_memory_allocated());
+// otherwise the process's peak resident set.
 int64_t peak_memory_bytes(const c10::Device& device) {
+#ifdef KILN_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  }
+#endif
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
-  return static_cast<int64_t>(ru.ru_maxrss) * 1024;  // the CUDA allocator's peak: see bench/
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
 }
+
 
 // metrics.jsonl keeps the rows of steps <= `step` (a resumed run rewrites what follows).
 void truncate_metrics(const fs::path& path, int64_t step) {
@@ -157,6 +169,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     log0("weights: ", weights_from);
   }
   model->to(setup.device, setup.dtype);
+  // The fp32 optimizer state follows the model, unless offloaded to the host.
+  optimizer.to(cfg.train.optimizer_offload == "cpu" ? c10::Device(c10::kCPU) : setup.device);
+  if (cfg.train.optimizer_offload == "cpu" && setup.device.is_cuda())
+    log0("optimizer_offload: cpu: fp32 master weights and AdamW moments stay on the host");
   if (cfg.parallel.zero == 3 && cfg.train.activation_checkpointing == "full")
     log0("activation checkpointing: ZeRO-3 already recomputes each layer in backward (it re-gathers it)");
   else
@@ -208,7 +224,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
       }
     }
     // The loss divisor on every rank: trained tokens (or samples) of the whole global batch.
-    dp.all_reduce(counts);
+    all_reduce_host(dp, counts, setup.device);
     const double global_loss_tokens = std::max(1.0, counts[0].item<double>());
     const double divisor = per_sample ? std::max(1.0, counts[1].item<double>()) : global_loss_tokens;
     double loss_part = 0;
@@ -223,7 +239,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     optimizer.reduce_gradients();
     const double norm = optimizer.grad_norm();
     at::Tensor loss_t = at::full({1}, loss_part, at::kDouble);
-    dp.all_reduce(loss_t);
+    all_reduce_host(dp, loss_t, setup.device);
     const double loss = loss_t.item<double>();
     const double lr = lr_at(cfg.train, step);
     if (!std::isfinite(norm)) {
@@ -278,7 +294,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     const bool last = step + 1 == cfg.train.steps;
     const bool exit_now = opts.exit_after > 0 && steps_this_run >= opts.exit_after;
     at::Tensor stop = at::full({1}, static_cast<double>(g_stop_signal.load()), at::kDouble);
-    world.all_reduce(stop, ReduceOp::Max);  // every rank stops at the same step
+    all_reduce_host(world, stop, setup.device, ReduceOp::Max);  // every rank stops at the same step
     const bool signalled = stop.item<double>() > 0;
     if (last || exit_now || signalled ||
         (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0))
