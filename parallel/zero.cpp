@@ -160,22 +160,27 @@ double ZeroOptimizer::grad_norm() {
   return std::sqrt(sq.item<double>());
 }
 
+void adamw_update(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const at::Tensor& grad,
+                  const at::Tensor& decay_mask, double lr, double grad_scale, int64_t step,
+                  const AdamWOptions& h) {
+  at::NoGradGuard no_grad;
+  at::Tensor g = grad_scale == 1.0 ? grad : grad * grad_scale;
+  master.mul_(1.0 - lr * h.weight_decay * decay_mask);
+  exp_avg.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+  exp_avg_sq.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
+  const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(step));
+  const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(step));
+  at::Tensor denom = (exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(h.eps);
+  master.addcdiv_(exp_avg, denom, -lr / bc1);
+}
+
 void ZeroOptimizer::step(double lr, double grad_scale) {
   if (zero3_) return zero3_->step(lr, grad_scale, ++steps_);
   Impl& m = *impl_;
   KILN_CHECK(m.grad.defined(), "step before reduce_gradients");
   at::NoGradGuard no_grad;
   ++steps_;
-  const auto& h = m.hyper;
-  at::Tensor g = grad_scale == 1.0 ? m.grad : m.grad * grad_scale;
-  // torch.optim.AdamW order: decoupled decay, moments, bias-corrected update.
-  m.master.mul_(1.0 - lr * h.weight_decay * m.decay_mask);
-  m.exp_avg.mul_(h.beta1).add_(g, 1.0 - h.beta1);
-  m.exp_avg_sq.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
-  const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(steps_));
-  const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(steps_));
-  at::Tensor denom = (m.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(h.eps);
-  m.master.addcdiv_(m.exp_avg, denom, -lr / bc1);
+  adamw_update(m.master, m.exp_avg, m.exp_avg_sq, m.grad, m.decay_mask, lr, grad_scale, steps_, m.hyper);
   m.scatter_to_model(m.full_master());
   m.grad = at::Tensor();
 }

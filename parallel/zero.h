@@ -38,6 +38,13 @@ struct AdamWOptions {
   double eps = 1e-8;
 };
 
+// One AdamW update of a flat fp32 shard, in torch.optim.AdamW's order: decoupled weight decay
+// (where decay_mask is 1), moments, bias-corrected step. `step` counts from 1; the gradient is
+// multiplied by grad_scale first (clipping).
+void adamw_update(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const at::Tensor& grad,
+                  const at::Tensor& decay_mask, double lr, double grad_scale, int64_t step,
+                  const AdamWOptions& h);
+
 // A slice of a named global tensor: elements [flat_begin, flat_end) of the flattened tensor.
 // Checkpoints store optimizer state as such slices so that a different dp size (or tp/pp
 // layout) can reassemble and re-slice them.

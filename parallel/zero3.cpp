@@ -318,16 +318,7 @@ void Zero3Optimizer::step(double lr, double grad_scale, int64_t step_count) {
   Impl& m = *impl_;
   KILN_CHECK(m.grad.defined(), "step before reduce_gradients");
   at::NoGradGuard no_grad;
-  const AdamWOptions& h = m.hyper;
-  at::Tensor g = grad_scale == 1.0 ? m.grad : m.grad * grad_scale;
-  // torch.optim.AdamW: decoupled decay, moments, bias-corrected update.
-  m.master.mul_(1.0 - lr * h.weight_decay * m.decay_mask);
-  m.exp_avg.mul_(h.beta1).add_(g, 1.0 - h.beta1);
-  m.exp_avg_sq.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
-  const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(step_count));
-  const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(step_count));
-  at::Tensor denom = (m.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(h.eps);
-  m.master.addcdiv_(m.exp_avg, denom, -lr / bc1);
+  adamw_update(m.master, m.exp_avg, m.exp_avg_sq, m.grad, m.decay_mask, lr, grad_scale, step_count, m.hyper);
   m.refresh_compute();
   m.grad = at::Tensor();
 }
