@@ -13,11 +13,11 @@ namespace kiln {
 constexpr int64_t kIgnoreIndex = -100;  // label value that carries no loss
 
 struct Batch {
-  at::Tensor input_ids;     // (B, T) int64
-  at::Tensor labels;        // (B, T) int64, the next token, kIgnoreIndex where no loss
-  at::Tensor position_ids;  // (B, T) int64, 0 at each document start
-  bool packed = false;      // rows may hold several documents: attention must not cross them
-  int64_t loss_tokens = 0;  // number of labels != kIgnoreIndex in this micro-batch
+  at::Tensor input_ids;                // (B, T) int64
+  at::Tensor labels;                   // (B, T) int64, the next token, kIgnoreIndex where no loss
+  at::Tensor position_ids;             // (B, T) int64, 0 at each document start
+  bool packed = false;                 // rows may hold several documents: attention must not cross them
+  int64_t loss_tokens = 0;             // number of labels != kIgnoreIndex in this micro-batch
   std::vector<int64_t> source_tokens;  // [source index] tokens of each data source in this batch
 };
 

@@ -73,14 +73,22 @@ ChatTemplate chat_template(const std::string& name, const std::map<std::string, 
     t.assistant = "{content}";
     for (const auto& [k, v] : custom) {
       const std::string ck = "data.custom_template." + k;
-      if (k == "bos") t.bos = parse_bool(v, ck);
-      else if (k == "default_system") t.default_system = v;
-      else if (k == "system") t.system = v;
-      else if (k == "user") t.user = v;
-      else if (k == "assistant") t.assistant = v;
-      else if (k == "end_of_turn") t.end_of_turn = v;
-      else if (k == "after_turn") t.after_turn = v;
-      else if (k == "system_in_first_user") t.system_in_first_user = parse_bool(v, ck);
+      if (k == "bos")
+        t.bos = parse_bool(v, ck);
+      else if (k == "default_system")
+        t.default_system = v;
+      else if (k == "system")
+        t.system = v;
+      else if (k == "user")
+        t.user = v;
+      else if (k == "assistant")
+        t.assistant = v;
+      else if (k == "end_of_turn")
+        t.end_of_turn = v;
+      else if (k == "after_turn")
+        t.after_turn = v;
+      else if (k == "system_in_first_user")
+        t.system_in_first_user = parse_bool(v, ck);
       else if (k == "specials") {
         size_t start = 0;
         while (start <= v.size()) {
@@ -191,8 +199,7 @@ EncodedSample SampleEncoder::encode(const Sample& s) const {
     out.tokens.insert(out.tokens.end(), ids.begin(), ids.end());
     out.mask.insert(out.mask.end(), ids.size(), seg.trained);
   }
-  if (!content_trained)
-    throw SampleError("no trainable token: every trained assistant answer is empty");
+  if (!content_trained) throw SampleError("no trainable token: every trained assistant answer is empty");
   return out;
 }
 

@@ -11,7 +11,10 @@
 namespace kiln {
 
 void to_json(nlohmann::json& j, const LoaderState& s) {
-  j = {{"step", s.step}, {"micro", s.micro}, {"seed", s.seed}, {"sources", s.sources},
+  j = {{"step", s.step},
+       {"micro", s.micro},
+       {"seed", s.seed},
+       {"sources", s.sources},
        {"source_tokens", s.source_tokens}};
 }
 
@@ -74,7 +77,8 @@ SampleLossWeights sample_loss_weights(const Batch& batch) {
     while (end % T != 0 && p[end] != 0) ++end;
     int64_t trained = 0;
     for (int64_t t = start; t < end; ++t) trained += lab[t] != kIgnoreIndex;
-    for (int64_t t = start; t < end; ++t) w[t] = lab[t] != kIgnoreIndex ? 1.0f / static_cast<float>(trained) : 0.0f;
+    for (int64_t t = start; t < end; ++t)
+      w[t] = lab[t] != kIgnoreIndex ? 1.0f / static_cast<float>(trained) : 0.0f;
     out.samples += trained > 0;
     start = end;
   }
@@ -96,14 +100,19 @@ SampleLengths doc_lengths(const TokenStore& store) {
 }  // namespace
 
 DataLoader::DataLoader(const Config& cfg, int64_t dp_rank, int64_t dp_size, int64_t global_batch_size)
-    : cfg_(cfg), rank_(dp_rank), dp_(dp_size), global_batch_(global_batch_size), micro_batch_(cfg.train.micro_batch_size) {
+    : cfg_(cfg),
+      rank_(dp_rank),
+      dp_(dp_size),
+      global_batch_(global_batch_size),
+      micro_batch_(cfg.train.micro_batch_size) {
   KILN_CHECK(dp_ >= 1 && rank_ >= 0 && rank_ < dp_, "dp rank ", rank_, " of ", dp_);
   if (micro_batch_ < 1) user_error("train.micro_batch_size: ", micro_batch_, " must be >= 1");
   if (global_batch_ < 1 || global_batch_ % (dp_ * micro_batch_) != 0)
-    user_error("train.global_batch_size: ", global_batch_, " must be a multiple of micro_batch_size * dp = ",
-               micro_batch_ * dp_);
+    user_error("train.global_batch_size: ", global_batch_,
+               " must be a multiple of micro_batch_size * dp = ", micro_batch_ * dp_);
   micro_per_step_ = global_batch_ / dp_ / micro_batch_;
-  if (cfg.data.mixture.empty()) user_error("data.mixture: required (a data.json, a .jsonl or a `kiln prep` dir)");
+  if (cfg.data.mixture.empty())
+    user_error("data.mixture: required (a data.json, a .jsonl or a `kiln prep` dir)");
   store_ = std::make_unique<TokenStore>(ensure_prepared(cfg, cfg.data.mixture));
   lengths_ = std::make_shared<const SampleLengths>(doc_lengths(*store_));
   for (const auto& s : store_->sources()) {
@@ -112,7 +121,8 @@ DataLoader::DataLoader(const Config& cfg, int64_t dp_rank, int64_t dp_size, int6
   }
   pad_id_ = store_->pad_id();
   // Checks the options (seq_len, overlong, mix, schedule) once, here, rather than in the thread.
-  RowStream check(lengths_, names_, weights_, cfg_.data, static_cast<uint64_t>(cfg_.train.seed), global_batch_);
+  RowStream check(lengths_, names_, weights_, cfg_.data, static_cast<uint64_t>(cfg_.train.seed),
+                  global_batch_);
   LoaderState s;
   s.seed = static_cast<uint64_t>(cfg_.train.seed);
   s.sources = names_;
@@ -202,11 +212,13 @@ void DataLoader::restore(const LoaderState& s) {
     std::string a, b;
     for (const auto& n : s.sources) a += (a.empty() ? "" : ", ") + n;
     for (const auto& n : names_) b += (b.empty() ? "" : ", ") + n;
-    user_error("data.mixture: the checkpoint was trained on sources [", a, "] but the mixture now has [", b, "]");
+    user_error("data.mixture: the checkpoint was trained on sources [", a, "] but the mixture now has [", b,
+               "]");
   }
   if (s.micro < 0 || s.micro >= micro_per_step_ || s.step < 0)
-    user_error("data: the saved loader position (step ", s.step, ", micro-batch ", s.micro,
-               ") does not fit ", micro_per_step_, " micro-batches per step on this layout; resume from a "
+    user_error("data: the saved loader position (step ", s.step, ", micro-batch ", s.micro, ") does not fit ",
+               micro_per_step_,
+               " micro-batches per step on this layout; resume from a "
                "checkpoint taken at a step boundary");
   stop();
   state_ = s;

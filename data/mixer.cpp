@@ -30,7 +30,11 @@ void shuffle(std::vector<int64_t>& v, std::mt19937_64& rng) {
 
 Mixer::Mixer(const std::string& mode, std::shared_ptr<const SampleLengths> lengths, uint64_t seed,
              int64_t max_length)
-    : mode_(mode), lengths_ptr_(std::move(lengths)), lengths_(*lengths_ptr_), max_length_(max_length), seed_(seed) {
+    : mode_(mode),
+      lengths_ptr_(std::move(lengths)),
+      lengths_(*lengths_ptr_),
+      max_length_(max_length),
+      seed_(seed) {
   if (mode_ != "telechat" && mode_ != "proportional")
     user_error("data.mix: unknown mixer \"", mode_, "\" (expected proportional or telechat)");
   const size_t n = lengths_.size();
@@ -69,7 +73,8 @@ void Mixer::build_pool(const std::vector<double>& weights) {
 }
 
 SampleRef Mixer::next(const std::vector<double>& weights) {
-  KILN_CHECK(weights.size() == lengths_.size(), "weights ", weights.size(), " for ", lengths_.size(), " sources");
+  KILN_CHECK(weights.size() == lengths_.size(), "weights ", weights.size(), " for ", lengths_.size(),
+             " sources");
   SampleRef r;
   if (mode_ == "telechat") {
     if (pool_pos_ >= pool_.size()) {
@@ -95,7 +100,8 @@ SampleRef Mixer::next(const std::vector<double>& weights) {
     if (perm.empty() || cursor_[r.source] >= n) {
       perm.resize(n);
       for (int64_t i = 0; i < n; ++i) perm[i] = i;
-      auto rng = make_rng(seed_, static_cast<uint64_t>(r.source) + 1, static_cast<uint64_t>(pass_[r.source]++));
+      auto rng =
+          make_rng(seed_, static_cast<uint64_t>(r.source) + 1, static_cast<uint64_t>(pass_[r.source]++));
       shuffle(perm, rng);
       cursor_[r.source] = 0;
     }
@@ -132,8 +138,9 @@ void validate_schedule(const std::vector<MixPoint>& schedule, const std::vector<
   }
 }
 
-std::vector<double> schedule_weights(const std::vector<MixPoint>& schedule, const std::vector<std::string>& names,
-                                     const std::vector<double>& base, double step) {
+std::vector<double> schedule_weights(const std::vector<MixPoint>& schedule,
+                                     const std::vector<std::string>& names, const std::vector<double>& base,
+                                     double step) {
   if (schedule.empty()) return base;
   auto at = [&](size_t i) {
     std::vector<double> w = base;

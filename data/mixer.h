@@ -40,7 +40,7 @@ class Mixer {
   SampleRef next(const std::vector<double>& weights);  // weights: one per source, >= 0, sum > 0
   const std::vector<int64_t>& tokens_drawn() const { return tokens_; }    // [source]
   const std::vector<int64_t>& samples_drawn() const { return samples_; }  // [source]
-  int64_t epoch() const { return epoch_; }  // telechat pools built so far
+  int64_t epoch() const { return epoch_; }                                // telechat pools built so far
 
  private:
   void build_pool(const std::vector<double>& weights);
@@ -69,8 +69,9 @@ void shuffle(std::vector<int64_t>& v, std::mt19937_64& rng);
 // The weights at `step` from a schedule (linear between points, flat outside them). A source
 // a point leaves out keeps its data.json weight `base`. UserError for unknown source names or
 // bad weights, naming data.schedule[i].
-std::vector<double> schedule_weights(const std::vector<MixPoint>& schedule, const std::vector<std::string>& names,
-                                     const std::vector<double>& base, double step);
+std::vector<double> schedule_weights(const std::vector<MixPoint>& schedule,
+                                     const std::vector<std::string>& names, const std::vector<double>& base,
+                                     double step);
 void validate_schedule(const std::vector<MixPoint>& schedule, const std::vector<std::string>& names);
 
 }  // namespace kiln

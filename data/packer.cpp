@@ -14,9 +14,8 @@ std::vector<std::vector<int64_t>> best_fit_pack(const std::vector<int64_t>& leng
   std::vector<int64_t> order(lengths.size());
   std::iota(order.begin(), order.end(), 0);
   // Longest first; ties by index so the result does not depend on the sort implementation.
-  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return lengths[a] != lengths[b] ? lengths[a] > lengths[b] : a < b;
-  });
+  std::sort(order.begin(), order.end(),
+            [&](int64_t a, int64_t b) { return lengths[a] != lengths[b] ? lengths[a] > lengths[b] : a < b; });
   std::vector<std::vector<int64_t>> bins;
   std::set<std::pair<int64_t, int64_t>> open;  // (free space, bin index), tightest first
   for (const int64_t item : order) {

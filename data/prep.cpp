@@ -7,12 +7,12 @@
 
 #include <chrono>
 #include <condition_variable>
-#include <functional>
-#include <mutex>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -36,9 +36,7 @@ int64_t line_of(const std::string& text, size_t pos) {
   return 1 + std::count(text.begin(), text.begin() + std::min(pos, text.size()), '\n');
 }
 
-bool is_blank(const std::string& s) {
-  return s.find_first_not_of(" \t\r\n") == std::string::npos;
-}
+bool is_blank(const std::string& s) { return s.find_first_not_of(" \t\r\n") == std::string::npos; }
 
 // One line's outcome, filled by a worker.
 struct LineResult {
@@ -172,13 +170,14 @@ class Progress {
 };
 
 // Reads and tokenizes one source into `writer`, returning its stats.
-json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool, TokenStoreWriter& writer, Progress& progress,
-                 int64_t& bytes_done, int64_t& tokens_done, std::vector<int64_t>& lengths) {
+json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool, TokenStoreWriter& writer,
+                 Progress& progress, int64_t& bytes_done, int64_t& tokens_done,
+                 std::vector<int64_t>& lengths) {
   const MixtureSource& src = *job.src;
   std::ifstream in(src.path, std::ios::binary);
   if (!in) user_error(src.path, ": cannot open");
-  json stats = {{"name", src.name}, {"path", src.path}, {"format", job.format}, {"lines", 0},
-                {"samples", 0}, {"dropped", json::object()}, {"tokens", 0}, {"loss_tokens", 0}};
+  json stats = {{"name", src.name}, {"path", src.path},          {"format", job.format}, {"lines", 0},
+                {"samples", 0},     {"dropped", json::object()}, {"tokens", 0},          {"loss_tokens", 0}};
   int64_t lines = 0, kept = 0, tokens = 0, loss_tokens = 0, overlong = 0;
   std::map<std::string, int64_t> dropped;
   const int64_t workers = std::max<int64_t>(1, opt.workers);
@@ -205,7 +204,8 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool,
     results.assign(buf.size(), LineResult{});
     const size_t per = (buf.size() + workers - 1) / workers;
     pool.run([&](int64_t w) {
-      for (size_t i = w * per; i < std::min(buf.size(), (w + 1) * per); ++i) process_line(buf[i], job, results[i]);
+      for (size_t i = w * per; i < std::min(buf.size(), (w + 1) * per); ++i)
+        process_line(buf[i], job, results[i]);
     });
     for (size_t i = 0; i < results.size(); ++i) {
       LineResult& r = results[i];
@@ -231,8 +231,7 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool,
   }
   tokens_done += tokens;
   if (lines == 0) user_error(src.path, ": empty file (no samples)");
-  if (kept == 0)
-    user_error(src.path, ": no usable samples (", lines, " lines, all blank or dropped)");
+  if (kept == 0) user_error(src.path, ": no usable samples (", lines, " lines, all blank or dropped)");
   stats["lines"] = lines;
   stats["samples"] = kept;
   for (const auto& [k, v] : dropped) stats["dropped"][k] = v;
@@ -298,7 +297,8 @@ std::vector<MixtureSource> read_mixture(const std::string& path) {
   for (const auto& [name, v] : j.items()) {
     MixtureSource s;
     s.name = name;
-    const std::string where = str(path, ":", line_of(text, text.find("\"" + name + "\"")), ": source \"", name, "\"");
+    const std::string where =
+        str(path, ":", line_of(text, text.find("\"" + name + "\"")), ": source \"", name, "\"");
     const json* w = &v;
     if (v.is_object()) {
       for (const auto& [k, x] : v.items()) {
@@ -342,13 +342,15 @@ json run_prep(const PrepOptions& opt) {
   for (const auto& s : sources) {
     SourceJob job{&s, s.format.empty() ? opt.format : s.format, nullptr};
     const std::string where = str(opt.data_json, ": source \"", s.name, "\"");
-    check_choice(job.format, {"auto", "text", "alpaca", "telechat", "firefly", "messages"}, where + " format");
+    check_choice(job.format, {"auto", "text", "alpaca", "telechat", "firefly", "messages"},
+                 where + " format");
     if (fs::file_size(s.path) == 0) user_error(s.path, ": empty file (no samples)");
     if (job.format == "auto") job.format = detect_file_format(s);
     const std::string tmpl = s.chat_template.empty() ? opt.chat_template : s.chat_template;
     const std::string loss = job.format == "text" ? "all_tokens" : s.loss.empty() ? opt.loss : s.loss;
     job.encoder = std::make_unique<SampleEncoder>(
-        tok, chat_template(tmpl, opt.custom_template, s.chat_template.empty() ? "template" : where + " template"),
+        tok,
+        chat_template(tmpl, opt.custom_template, s.chat_template.empty() ? "template" : where + " template"),
         loss);
     total_bytes += static_cast<int64_t>(fs::file_size(s.path));
     jobs.push_back(std::move(job));
@@ -366,17 +368,21 @@ json run_prep(const PrepOptions& opt) {
     Progress progress(opt.progress, total_bytes);
     int64_t bytes = 0, tokens = 0;
     std::vector<int64_t> lengths;  // [kept sample] positions, for the packing estimate
-    json manifest = {{"format", "kiln-token-store"}, {"version", 1}, {"tokenizer", opt.tokenizer},
-                     {"vocab_size", tok.vocab_size()}, {"bos_id", tok.bos_id()}, {"eos_id", tok.eos_id()},
-                     {"pad_id", tok.pad_id()}, {"sources", json::array()}};
+    json manifest = {{"format", "kiln-token-store"}, {"version", 1},
+                     {"tokenizer", opt.tokenizer},   {"vocab_size", tok.vocab_size()},
+                     {"bos_id", tok.bos_id()},       {"eos_id", tok.eos_id()},
+                     {"pad_id", tok.pad_id()},       {"sources", json::array()}};
     WorkerPool pool(opt.workers);
     for (size_t k = 0; k < jobs.size(); ++k) {
       TokenStoreWriter writer(tmp.string(), "source_" + std::to_string(k));
       json st = prep_source(jobs[k], opt, pool, writer, progress, bytes, tokens, lengths);
       writer.finish();
-      manifest["sources"].push_back({{"name", sources[k].name}, {"weight", sources[k].weight},
-                                     {"prefix", "source_" + std::to_string(k)}, {"docs", writer.docs()},
-                                     {"tokens", writer.tokens()}, {"loss_tokens", st["loss_tokens"]}});
+      manifest["sources"].push_back({{"name", sources[k].name},
+                                     {"weight", sources[k].weight},
+                                     {"prefix", "source_" + std::to_string(k)},
+                                     {"docs", writer.docs()},
+                                     {"tokens", writer.tokens()},
+                                     {"loss_tokens", st["loss_tokens"]}});
       stats["sources"].push_back(st);
     }
     progress.done();

@@ -38,13 +38,15 @@ void collect_text(const nlohmann::json& j, std::vector<std::string>& out) {
 }  // namespace
 
 int cmd_prep(int argc, char** argv) {
-  const Args o = parse_args(argc, argv, 2, {"tokenizer", "out", "workers", "seq-len", "format", "template", "loss"},
-                            {"skip-bad-lines", "no-progress"});
+  const Args o =
+      parse_args(argc, argv, 2, {"tokenizer", "out", "workers", "seq-len", "format", "template", "loss"},
+                 {"skip-bad-lines", "no-progress"});
   if (o.help) {
     std::fprintf(stderr,
                  "usage: kiln prep DATA_JSON --tokenizer MODEL --out DIR [--workers N] [--seq-len L]\n"
                  "                 [--format auto|text|alpaca|telechat|firefly|messages]\n"
-                 "                 [--template firefly|xuanyuan|llama2|chatml|telechat] [--loss all_turns|last_turn|all_tokens]\n"
+                 "                 [--template firefly|xuanyuan|llama2|chatml|telechat] [--loss "
+                 "all_turns|last_turn|all_tokens]\n"
                  "                 [--skip-bad-lines] [--no-progress]\n");
     return 0;
   }
@@ -69,13 +71,15 @@ int cmd_prep(int argc, char** argv) {
     std::fprintf(stderr, "[prep] %s: %lld lines, %lld samples, %lld tokens, %lld loss tokens%s%s\n",
                  s["name"].get<std::string>().c_str(), (long long)s["lines"].get<int64_t>(),
                  (long long)s["samples"].get<int64_t>(), (long long)s["tokens"].get<int64_t>(),
-                 (long long)s["loss_tokens"].get<int64_t>(), drops.empty() ? "" : ", dropped:", drops.c_str());
+                 (long long)s["loss_tokens"].get<int64_t>(),
+                 drops.empty() ? "" : ", dropped:", drops.c_str());
   }
-  std::fprintf(stderr, "[prep] %lld tokens in %.2f s (%.0f tokens/s)", (long long)stats["tokens"].get<int64_t>(),
-               stats["seconds"].get<double>(), stats["tokens_per_second"].get<double>());
+  std::fprintf(stderr, "[prep] %lld tokens in %.2f s (%.0f tokens/s)",
+               (long long)stats["tokens"].get<int64_t>(), stats["seconds"].get<double>(),
+               stats["tokens_per_second"].get<double>());
   if (stats.contains("packing_efficiency"))
-    std::fprintf(stderr, ", packing efficiency %.4f at seq_len %lld", stats["packing_efficiency"].get<double>(),
-                 (long long)stats["seq_len"].get<int64_t>());
+    std::fprintf(stderr, ", packing efficiency %.4f at seq_len %lld",
+                 stats["packing_efficiency"].get<double>(), (long long)stats["seq_len"].get<int64_t>());
   std::fprintf(stderr, "\n[prep] wrote %s (stats.json)\n", opt.out_dir.c_str());
   return 0;
 }
@@ -94,8 +98,9 @@ int cmd_tokenizer(int argc, char** argv) {
   }
   if (argc < 3 || std::strcmp(argv[2], "train") != 0)
     user_error("tokenizer: expected `kiln tokenizer train --input FILE[,FILE] --out PREFIX --vocab-size N`");
-  const Args o = parse_args(argc, argv, 3, {"input", "out", "vocab-size", "model-type", "max-sentences", "threads", "character-coverage"},
-                            {});
+  const Args o = parse_args(
+      argc, argv, 3,
+      {"input", "out", "vocab-size", "model-type", "max-sentences", "threads", "character-coverage"}, {});
   if (o.help) {
     std::printf("%s", usage);
     return 0;
@@ -156,8 +161,8 @@ int cmd_tokenizer(int argc, char** argv) {
     sentences = std::move(kept);
   }
   train_tokenizer(sentences, opt);
-  std::fprintf(stderr, "[tokenizer] trained %s.model (%lld pieces, %s) on %zu sentences\n", opt.out_prefix.c_str(),
-               (long long)opt.vocab_size, opt.model_type.c_str(), sentences.size());
+  std::fprintf(stderr, "[tokenizer] trained %s.model (%lld pieces, %s) on %zu sentences\n",
+               opt.out_prefix.c_str(), (long long)opt.vocab_size, opt.model_type.c_str(), sentences.size());
   return 0;
 }
 

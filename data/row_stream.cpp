@@ -15,7 +15,8 @@ constexpr int64_t kChunkRows = 16;  // best-fit packs the samples of about this 
 }  // namespace
 
 RowStream::RowStream(std::shared_ptr<const SampleLengths> lengths, std::vector<std::string> names,
-                     std::vector<double> weights, const DataConfig& data, uint64_t seed, int64_t global_batch_size)
+                     std::vector<double> weights, const DataConfig& data, uint64_t seed,
+                     int64_t global_batch_size)
     : lengths_ptr_(std::move(lengths)),
       lengths_(*lengths_ptr_),
       names_(std::move(names)),
@@ -41,7 +42,8 @@ RowStream::RowStream(std::shared_ptr<const SampleLengths> lengths, std::vector<s
 
 void RowStream::refill() {
   const int64_t cap = data_.seq_len;
-  const auto w = schedule_weights(data_.schedule, names_, weights_, static_cast<double>(rows_ / global_batch_));
+  const auto w =
+      schedule_weights(data_.schedule, names_, weights_, static_cast<double>(rows_ / global_batch_));
   std::vector<Piece> pieces;
   std::vector<int64_t> positions;
   int64_t total = 0;

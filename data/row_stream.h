@@ -2,8 +2,8 @@
 // pieces go where). Row k belongs to training step k / G (G = global batch in sequences); the
 // mixer draws with the weights of that step, the packer fills rows of data.seq_len positions
 // best-fit from chunks of drawn samples (about 16 rows' worth at a time), and each chunk's rows
-// come out in a seeded shuffle (best-fit opens them longest-first). Depends on (seed, sample lengths, weights, schedule,
-// G, seq_len, packing, overlong) only, never on the number of data-parallel ranks.
+// come out in a seeded shuffle (best-fit opens them longest-first). Depends on (seed, sample lengths,
+// weights, schedule, G, seq_len, packing, overlong) only, never on the number of data-parallel ranks.
 #pragma once
 #include <cstdint>
 #include <deque>
@@ -26,12 +26,12 @@ using Row = std::vector<Piece>;  // pieces take length-1 positions each, at most
 class RowStream {
  public:
   // lengths[source][doc]; weights[source] from data.json; names[source] for the schedule.
-  RowStream(std::shared_ptr<const SampleLengths> lengths, std::vector<std::string> names, std::vector<double> weights,
-            const DataConfig& data, uint64_t seed, int64_t global_batch_size);
-  RowStream(SampleLengths lengths, std::vector<std::string> names, std::vector<double> weights, const DataConfig& data,
-            uint64_t seed, int64_t global_batch_size)
-      : RowStream(std::make_shared<const SampleLengths>(std::move(lengths)), std::move(names), std::move(weights), data,
-                  seed, global_batch_size) {}
+  RowStream(std::shared_ptr<const SampleLengths> lengths, std::vector<std::string> names,
+            std::vector<double> weights, const DataConfig& data, uint64_t seed, int64_t global_batch_size);
+  RowStream(SampleLengths lengths, std::vector<std::string> names, std::vector<double> weights,
+            const DataConfig& data, uint64_t seed, int64_t global_batch_size)
+      : RowStream(std::make_shared<const SampleLengths>(std::move(lengths)), std::move(names),
+                  std::move(weights), data, seed, global_batch_size) {}
   Row next();
   int64_t rows() const { return rows_; }                                 // rows returned so far
   const std::vector<int64_t>& source_tokens() const { return tokens_; }  // [source] in those rows

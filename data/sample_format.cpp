@@ -14,16 +14,14 @@ using nlohmann::json;
 const std::string& get_string(const json& j, const char* key, const std::string& fmt) {
   auto it = j.find(key);
   if (it == j.end()) throw SampleError(str("missing field \"", key, "\" (format ", fmt, ")"));
-  if (!it->is_string())
-    throw SampleError(str("field \"", key, "\" must be a string, got ", it->type_name()));
+  if (!it->is_string()) throw SampleError(str("field \"", key, "\" must be a string, got ", it->type_name()));
   return it->get_ref<const std::string&>();
 }
 
 std::string opt_string(const json& j, const char* key) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return "";
-  if (!it->is_string())
-    throw SampleError(str("field \"", key, "\" must be a string, got ", it->type_name()));
+  if (!it->is_string()) throw SampleError(str("field \"", key, "\" must be a string, got ", it->type_name()));
   return it->get<std::string>();
 }
 
@@ -119,7 +117,8 @@ Sample parse_sample(const json& j, const std::string& format) {
         if (!s.turns.empty()) throw SampleError("a system message must come first");
         s.system = content;
       } else if (role == "user" || role == "assistant") {
-        const std::string expect = s.turns.empty() || s.turns.back().role == "assistant" ? "user" : "assistant";
+        const std::string expect =
+            s.turns.empty() || s.turns.back().role == "assistant" ? "user" : "assistant";
         if (role != expect)
           throw SampleError(str("message ", s.turns.size() + 1, " has role ", role, "; expected ", expect,
                                 " (user and assistant alternate, starting with user)"));
@@ -144,14 +143,14 @@ void check_utf8(const std::string& line) {
     size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
     bool ok = len != 0 && i + len <= n;
     for (size_t k = 1; ok && k < len; ++k) ok = (p[i + k] & 0xC0) == 0x80;
-    if (ok && len == 2) ok = c >= 0xC2;                                      // overlong
+    if (ok && len == 2) ok = c >= 0xC2;  // overlong
     if (ok && len == 3) {
       const unsigned cp = ((c & 0x0F) << 12) | ((p[i + 1] & 0x3F) << 6) | (p[i + 2] & 0x3F);
-      ok = cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF);                       // overlong, surrogates
+      ok = cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF);  // overlong, surrogates
     }
     if (ok && len == 4) {
-      const unsigned cp = ((c & 0x07) << 18) | ((p[i + 1] & 0x3F) << 12) | ((p[i + 2] & 0x3F) << 6) |
-                          (p[i + 3] & 0x3F);
+      const unsigned cp =
+          ((c & 0x07) << 18) | ((p[i + 1] & 0x3F) << 12) | ((p[i + 2] & 0x3F) << 6) | (p[i + 3] & 0x3F);
       ok = cp >= 0x10000 && cp <= 0x10FFFF;
     }
     if (!ok) throw SampleError(str("invalid UTF-8 at byte ", i + 1));

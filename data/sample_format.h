@@ -27,8 +27,8 @@ struct Turn {
 struct Sample {
   bool is_text = false;  // pretraining text: `text` only
   std::string text;
-  std::string system;        // optional system message ("" = template default)
-  std::vector<Turn> turns;   // alternating user / assistant, ending with assistant
+  std::string system;       // optional system message ("" = template default)
+  std::vector<Turn> turns;  // alternating user / assistant, ending with assistant
 };
 
 // Known format names (without "auto").

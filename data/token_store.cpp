@@ -21,8 +21,6 @@ namespace kiln {
 
 namespace fs = std::filesystem;
 
-
-
 namespace {
 
 std::FILE* open_write(const std::string& path) {
@@ -100,8 +98,8 @@ TokenStore::TokenStore(const std::string& dir) : dir_(dir) {
       src.mask_file = std::make_unique<MappedFile>(prefix + ".mask");
       src.index_file = std::make_unique<MappedFile>(prefix + ".index");
       const size_t t = static_cast<size_t>(src.tokens);
-      if (src.tokens_file->size() != static_cast<int64_t>(t * 4) || src.mask_file->size() != static_cast<int64_t>(t) ||
-          src.index_file->size() != (src.docs + 1) * 8 ||
+      if (src.tokens_file->size() != static_cast<int64_t>(t * 4) ||
+          src.mask_file->size() != static_cast<int64_t>(t) || src.index_file->size() != (src.docs + 1) * 8 ||
           src.offsets()[src.docs] != src.tokens)
         user_error(prefix, ".*: sizes do not match manifest.json (", src.docs, " docs, ", src.tokens,
                    " tokens): the store is corrupt, rerun `kiln prep`");
@@ -112,6 +110,5 @@ TokenStore::TokenStore(const std::string& dir) : dir_(dir) {
   }
   if (sources_.empty()) user_error(manifest_path.string(), ": no sources");
 }
-
 
 }  // namespace kiln

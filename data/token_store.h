@@ -19,7 +19,6 @@
 
 namespace kiln {
 
-
 // Appends documents to one source's three files; finish() flushes and fsyncs them.
 class TokenStoreWriter {
  public:
@@ -40,8 +39,8 @@ class TokenStoreWriter {
 };
 
 struct StoreSource {
-  std::string name;    // the path as written in data.json
-  double weight = 1;   // its data.json weight
+  std::string name;   // the path as written in data.json
+  double weight = 1;  // its data.json weight
   int64_t docs = 0;
   int64_t tokens = 0;
   std::unique_ptr<MappedFile> tokens_file, mask_file, index_file;
@@ -50,9 +49,7 @@ struct StoreSource {
   const int32_t* doc_tokens(int64_t i) const {
     return reinterpret_cast<const int32_t*>(tokens_file->data()) + offsets()[i];
   }
-  const uint8_t* doc_mask(int64_t i) const {
-    return mask_file->data() + offsets()[i];
-  }
+  const uint8_t* doc_mask(int64_t i) const { return mask_file->data() + offsets()[i]; }
   const int64_t* offsets() const { return reinterpret_cast<const int64_t*>(index_file->data()); }
 };
 
@@ -74,6 +71,5 @@ class TokenStore {
 
 // True when DIR holds a complete token store (its manifest.json exists).
 bool is_token_store(const std::string& dir);
-
 
 }  // namespace kiln

@@ -98,8 +98,7 @@ Tokenizer::Tokenizer(const std::string& model_path)
   if (!std::filesystem::is_regular_file(model_path))
     user_error(model_path, ": tokenizer model not found (expected a sentencepiece .model file)");
   const auto status = sp_->Load(model_path);
-  if (!status.ok())
-    user_error(model_path, ": not a sentencepiece model (", status.ToString(), ")");
+  if (!status.ok()) user_error(model_path, ": not a sentencepiece model (", status.ToString(), ")");
   word_cache_ = word_cache_exact(sp_->serialized_model_proto());
   instance_ = next_instance++;
 }
@@ -179,8 +178,9 @@ std::string Tokenizer::piece(int32_t id) const {
 }
 
 const std::vector<std::string>& chat_special_pieces() {
-  static const std::vector<std::string> pieces = {"<_user>", "<_bot>",  "<_end>",   "<|im_start|>",
-                                                  "<|im_end|>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"};
+  static const std::vector<std::string> pieces = {"<_user>",      "<_bot>",     "<_end>",
+                                                  "<|im_start|>", "<|im_end|>", "[INST]",
+                                                  "[/INST]",      "<<SYS>>",    "<</SYS>>"};
   return pieces;
 }
 
@@ -222,7 +222,10 @@ void train_tokenizer(const std::vector<std::string>& sentences, const TokenizerT
       // piece by piece, and "<|im_start|>user" must not become "<|im_start|> user".
       {"add_dummy_prefix", "false"},
       {"user_defined_symbols", symbols},
-      {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"}, {"pad_id", "3"},
+      {"unk_id", "0"},
+      {"bos_id", "1"},
+      {"eos_id", "2"},
+      {"pad_id", "3"},
       {"input_sentence_size", std::to_string(opt.max_sentences)},
       {"shuffle_input_sentence", "true"},
       {"num_threads", std::to_string(opt.threads)},

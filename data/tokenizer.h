@@ -48,7 +48,7 @@ class Tokenizer {
 const std::vector<std::string>& chat_special_pieces();
 
 struct TokenizerTrainOptions {
-  std::string out_prefix;          // writes PREFIX.model and PREFIX.vocab
+  std::string out_prefix;  // writes PREFIX.model and PREFIX.vocab
   int64_t vocab_size = 2000;
   std::string model_type = "bpe";  // bpe | unigram | char | word
   int64_t max_sentences = 200000;  // sampled from the input when there are more

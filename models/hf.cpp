@@ -153,7 +153,6 @@ std::string torch_dtype_name(at::ScalarType t) {
   }
 }
 
-
 json hf_config_json(const ModelConfig& cfg, const std::string& dtype) {
   json rope = nullptr;
   int64_t max_pos = cfg.max_seq_len;

@@ -47,7 +47,8 @@ at::Tensor rope_inv_freq(const ModelConfig& cfg, int64_t seq_len) {
     const double high_wavelen = original / rs.high_freq_factor;
     at::Tensor wavelen = 2 * M_PI / inv_freq;
     at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq);
-    at::Tensor smooth = (original / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+    at::Tensor smooth =
+        (original / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
     at::Tensor blended = (1 - smooth) * scaled / rs.factor + smooth * scaled;
     at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
     inv_freq = at::where(medium, blended, scaled);
@@ -58,8 +59,8 @@ at::Tensor rope_inv_freq(const ModelConfig& cfg, int64_t seq_len) {
 RopeTables rope_tables(const ModelConfig& cfg, int64_t seq_len, const at::TensorOptions& opts) {
   at::Tensor inv_freq = rope_inv_freq(cfg, seq_len);
   at::Tensor pos = at::arange(seq_len, at::kFloat);
-  at::Tensor freqs = at::outer(pos, inv_freq);      // (T, D/2)
-  at::Tensor emb = at::cat({freqs, freqs}, -1);     // (T, D)
+  at::Tensor freqs = at::outer(pos, inv_freq);   // (T, D/2)
+  at::Tensor emb = at::cat({freqs, freqs}, -1);  // (T, D)
   return {emb.cos().to(opts), emb.sin().to(opts)};
 }
 
@@ -158,9 +159,7 @@ MLPImpl::MLPImpl(const ModelConfig& cfg) {
   down_proj = register_module("down_proj", linear(f, h));
 }
 
-at::Tensor MLPImpl::forward(const at::Tensor& x) {
-  return down_proj(at::silu(gate_proj(x)) * up_proj(x));
-}
+at::Tensor MLPImpl::forward(const at::Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg) {
   self_attn = register_module("self_attn", Attention(cfg));
@@ -179,23 +178,23 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const AttentionContext
 
 LlamaImpl::LlamaImpl(const ModelConfig& cfg, StageSpec stage) : cfg_(cfg), stage_(stage) {
   if (stage_.layer_end < 0) stage_.layer_end = cfg.num_layers;
-  KILN_CHECK(0 <= stage_.layer_begin && stage_.layer_begin <= stage_.layer_end &&
-                 stage_.layer_end <= cfg.num_layers,
-             "bad stage layer range");
+  KILN_CHECK(
+      0 <= stage_.layer_begin && stage_.layer_begin <= stage_.layer_end && stage_.layer_end <= cfg.num_layers,
+      "bad stage layer range");
   // HF names: the body lives under "model", the head beside it.
   auto body = register_module("model", std::make_shared<torch::nn::Module>());
   if (stage_.has_embedding || (stage_.has_head && cfg.tie_embeddings))
-    embed_tokens = body->register_module("embed_tokens",
-                                         torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
+    embed_tokens =
+        body->register_module("embed_tokens", torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
   auto layer_list = body->register_module("layers", std::make_shared<torch::nn::Module>());
   for (int64_t i = stage_.layer_begin; i < stage_.layer_end; ++i)
     layers.push_back(layer_list->register_module(std::to_string(i), DecoderLayer(cfg)));
   if (stage_.has_head) {
     norm = body->register_module("norm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
     if (!cfg.tie_embeddings)
-      lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(
-                                                                 cfg.hidden_size, cfg.vocab_size)
-                                                                 .bias(false)));
+      lm_head = register_module(
+          "lm_head",
+          torch::nn::Linear(torch::nn::LinearOptions(cfg.hidden_size, cfg.vocab_size).bias(false)));
   }
   reset_parameters();
 }
@@ -231,12 +230,15 @@ std::vector<std::pair<std::string, at::Tensor>> LlamaImpl::unit_parameters(int64
   }
   if (u < static_cast<int64_t>(layers.size())) {
     std::string prefix = str("model.layers.", stage_.layer_begin + u, ".");
-    for (const auto& item : layers[u]->named_parameters()) out.emplace_back(prefix + item.key(), item.value());
+    for (const auto& item : layers[u]->named_parameters())
+      out.emplace_back(prefix + item.key(), item.value());
     return out;
   }
   out.emplace_back("model.norm.weight", norm->weight);
-  if (lm_head) out.emplace_back("lm_head.weight", lm_head->weight);
-  else if (!stage_.has_embedding) out.emplace_back("model.embed_tokens.weight", embed_tokens->weight);
+  if (lm_head)
+    out.emplace_back("lm_head.weight", lm_head->weight);
+  else if (!stage_.has_embedding)
+    out.emplace_back("model.embed_tokens.weight", embed_tokens->weight);
   return out;
 }
 
@@ -268,9 +270,9 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
   if (cfg_.position == "alibi") {
     // bias[h, i, j] = -slope_h * (i - j) for j <= i; -inf where not allowed.
     at::Tensor idx = at::arange(T, pos.options()).to(at::kFloat);
-    at::Tensor dist = (idx.unsqueeze(1) - idx.unsqueeze(0));                                      // (T, T)
-    at::Tensor slopes = alibi_slopes(cfg_.num_heads).to(pos.device());                             // (H)
-    at::Tensor bias = -slopes.view({-1, 1, 1}) * dist.unsqueeze(0);                                // (H, T, T)
+    at::Tensor dist = (idx.unsqueeze(1) - idx.unsqueeze(0));            // (T, T)
+    at::Tensor slopes = alibi_slopes(cfg_.num_heads).to(pos.device());  // (H)
+    at::Tensor bias = -slopes.view({-1, 1, 1}) * dist.unsqueeze(0);     // (H, T, T)
     at::Tensor ok = allowed.defined() ? allowed : causal.view({1, 1, T, T});
     ctx.mask = bias.unsqueeze(0).masked_fill(ok.logical_not(), -std::numeric_limits<float>::infinity());
   } else if (allowed.defined()) {
@@ -310,9 +312,11 @@ at::Tensor lm_loss_sum(const at::Tensor& logits, const at::Tensor& labels) {
                                 /*weight=*/{}, at::Reduction::Sum, /*ignore_index=*/kIgnoreIndex);
 }
 
-at::Tensor lm_loss_weighted_sum(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& weights) {
-  at::Tensor per_token = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), labels.reshape(-1),
-                                                /*weight=*/{}, at::Reduction::None, /*ignore_index=*/kIgnoreIndex);
+at::Tensor lm_loss_weighted_sum(const at::Tensor& logits, const at::Tensor& labels,
+                                const at::Tensor& weights) {
+  at::Tensor per_token =
+      at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), labels.reshape(-1),
+                             /*weight=*/{}, at::Reduction::None, /*ignore_index=*/kIgnoreIndex);
   return (per_token * weights.reshape(-1).to(per_token.scalar_type())).sum();
 }
 

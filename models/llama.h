@@ -56,13 +56,13 @@ at::Tensor alibi_slopes(int64_t num_heads);
 
 // Everything a layer needs about the batch, computed once per forward.
 struct AttentionContext {
-  at::Tensor cos, sin;        // (B, T, head_dim), gathered at position_ids
-  at::Tensor mask;            // (B, 1, T, T) bool or additive float; undefined = plain causal
-  bool causal = true;         // use is_causal=true in SDPA (no packing, no ALiBi)
+  at::Tensor cos, sin;  // (B, T, head_dim), gathered at position_ids
+  at::Tensor mask;      // (B, 1, T, T) bool or additive float; undefined = plain causal
+  bool causal = true;   // use is_causal=true in SDPA (no packing, no ALiBi)
   // Packed rows on CUDA in fp16/bf16 (RoPE models): document offsets for varlen flash
   // attention (models/ops/varlen_attention.h); `mask` is then left undefined.
-  at::Tensor cu_seqlens;      // (docs + 1) int32 over the flattened B*T tokens; undefined = not varlen
-  int64_t max_seqlen = 0;     // tokens in the longest document
+  at::Tensor cu_seqlens;   // (docs + 1) int32 over the flattened B*T tokens; undefined = not varlen
+  int64_t max_seqlen = 0;  // tokens in the longest document
 };
 
 class AttentionImpl : public torch::nn::Module {
@@ -119,10 +119,10 @@ class LlamaImpl : public torch::nn::Module {
   const ModelConfig& config() const { return cfg_; }
   const StageSpec& stage() const { return stage_; }
 
-  torch::nn::Embedding embed_tokens{nullptr};      // registered as model.embed_tokens
-  std::vector<DecoderLayer> layers;                // [local index] -> model.layers.<global>
-  RMSNorm norm{nullptr};                           // model.norm
-  torch::nn::Linear lm_head{nullptr};              // lm_head (absent when tied)
+  torch::nn::Embedding embed_tokens{nullptr};  // registered as model.embed_tokens
+  std::vector<DecoderLayer> layers;            // [local index] -> model.layers.<global>
+  RMSNorm norm{nullptr};                       // model.norm
+  torch::nn::Linear lm_head{nullptr};          // lm_head (absent when tied)
 
  private:
   ModelConfig cfg_;
@@ -136,6 +136,7 @@ TORCH_MODULE(Llama);
 // the mean over trained tokens of the global batch.
 at::Tensor lm_loss_sum(const at::Tensor& logits, const at::Tensor& labels);
 // Sum of token cross-entropy x weights (B, T) (data.loss_average: sample).
-at::Tensor lm_loss_weighted_sum(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& weights);
+at::Tensor lm_loss_weighted_sum(const at::Tensor& logits, const at::Tensor& labels,
+                                const at::Tensor& weights);
 
 }  // namespace kiln

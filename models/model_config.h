@@ -15,21 +15,21 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string arch = "llama";    // llama | baichuan (baichuan: fused W_pack, ALiBi in 13B)
+  std::string arch = "llama";  // llama | baichuan (baichuan: fused W_pack, ALiBi in 13B)
   int64_t vocab_size = 512;
   int64_t hidden_size = 64;
   int64_t num_layers = 2;
   int64_t num_heads = 4;
-  int64_t num_kv_heads = 0;      // 0 = num_heads (multi-head); fewer = grouped-query attention
-  int64_t ffn_hidden_size = 0;   // 0 = Llama's rule: 2/3 * 4h rounded up to a multiple of 64
+  int64_t num_kv_heads = 0;     // 0 = num_heads (multi-head); fewer = grouped-query attention
+  int64_t ffn_hidden_size = 0;  // 0 = Llama's rule: 2/3 * 4h rounded up to a multiple of 64
   int64_t max_seq_len = 256;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
-  std::string position = "rope"; // rope | alibi
+  std::string position = "rope";  // rope | alibi
   bool tie_embeddings = false;
   double norm_eps = 1e-5;
   double init_std = 0.02;
-  std::string init_from = "none"; // none | hf:DIR | ckpt:DIR
+  std::string init_from = "none";  // none | hf:DIR | ckpt:DIR
 
   int64_t kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
   int64_t head_dim() const { return hidden_size / num_heads; }

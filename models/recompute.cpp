@@ -46,8 +46,7 @@ struct RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
     }
     torch::autograd::backward({out}, {grad_out[0]});
     torch::autograd::variable_list grads;
-    for (const auto& t : inputs)
-      grads.push_back(t.defined() && t.requires_grad() ? t.grad() : at::Tensor());
+    for (const auto& t : inputs) grads.push_back(t.defined() && t.requires_grad() ? t.grad() : at::Tensor());
     grads.push_back(at::Tensor());  // the holder
     return grads;
   }

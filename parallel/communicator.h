@@ -33,11 +33,9 @@ class Communicator {
   // out (size * shard.numel(), contiguous) = concatenation of every rank's shard, rank order.
   virtual void all_gather(const at::Tensor& shard, at::Tensor& out) = 0;
   // Uneven sizes: counts[r] = elements of rank r; out holds sum(counts).
-  virtual void all_gather_v(const at::Tensor& shard, at::Tensor& out,
-                            const std::vector<int64_t>& counts) = 0;
+  virtual void all_gather_v(const at::Tensor& shard, at::Tensor& out, const std::vector<int64_t>& counts) = 0;
   // out (in.numel() / size) = this rank's slice of the elementwise sum of every rank's `in`.
-  virtual void reduce_scatter(const at::Tensor& in, at::Tensor& out,
-                              ReduceOp op = ReduceOp::Sum) = 0;
+  virtual void reduce_scatter(const at::Tensor& in, at::Tensor& out, ReduceOp op = ReduceOp::Sum) = 0;
   virtual void broadcast(at::Tensor& t, int root) = 0;
   virtual void send(const at::Tensor& t, int dst) = 0;
   virtual void recv(at::Tensor& t, int src) = 0;
@@ -55,7 +53,7 @@ void all_reduce_host(Communicator& comm, at::Tensor& t, const c10::Device& devic
 struct LaunchInfo {
   int world_rank = 0;
   int world_size = 1;
-  int local_rank = 0;     // rank among the processes on this host
+  int local_rank = 0;  // rank among the processes on this host
   int local_size = 1;
   std::string host;
   bool under_mpi = false;  // started by mpirun (OMPI_/PMI_ environment) rather than directly

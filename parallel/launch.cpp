@@ -55,8 +55,7 @@ class MpiSession {
     if (info.local_rank < 0 || info.local_size < 0) {
       // Not OpenMPI: ranks sharing memory are the ranks on this host.
       MPI_Comm node;
-      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, info.world_rank, MPI_INFO_NULL,
-                          &node);
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, info.world_rank, MPI_INFO_NULL, &node);
       MPI_Comm_rank(node, &info.local_rank);
       MPI_Comm_size(node, &info.local_size);
       MPI_Comm_free(&node);
@@ -103,8 +102,8 @@ std::string launch_layout() {
     if (ranks.find(hosts[r]) == ranks.end()) order.push_back(hosts[r]);
     ranks[hosts[r]].push_back(r);
   }
-  std::string out = str(li.world_size, li.world_size == 1 ? " process" : " processes", " on ",
-                        order.size(), order.size() == 1 ? " host:" : " hosts:");
+  std::string out = str(li.world_size, li.world_size == 1 ? " process" : " processes", " on ", order.size(),
+                        order.size() == 1 ? " host:" : " hosts:");
   for (const std::string& h : order) {
     const std::vector<int>& rs = ranks[h];
     const bool contiguous = rs.back() - rs.front() + 1 == static_cast<int>(rs.size());

@@ -13,8 +13,7 @@ Mesh::Mesh(std::unique_ptr<Communicator> world, int tp, int pp) : tp_(tp), pp_(p
   if (pp < 1) user_error("parallel.pp: ", pp, " must be >= 1");
   if (n % (tp * pp) != 0)
     user_error("parallel.tp (", tp, ") x parallel.pp (", pp, ") = ", tp * pp,
-               " does not divide the world size ", n,
-               "; choose tp x pp among the divisors of ", n);
+               " does not divide the world size ", n, "; choose tp x pp among the divisors of ", n);
   dp_ = n / (tp * pp);
   const int r = world->rank();
   coords_.tp = r % tp_;
@@ -29,8 +28,8 @@ Mesh::Mesh(std::unique_ptr<Communicator> world, int tp, int pp) : tp_(tp), pp_(p
 
 int Mesh::rank_of(MeshCoords c) const {
   KILN_CHECK(c.tp >= 0 && c.tp < tp_ && c.dp >= 0 && c.dp < dp_ && c.pp >= 0 && c.pp < pp_,
-             "mesh coordinates (tp ", c.tp, ", dp ", c.dp, ", pp ", c.pp, ") outside ", tp_, " x ",
-             dp_, " x ", pp_);
+             "mesh coordinates (tp ", c.tp, ", dp ", c.dp, ", pp ", c.pp, ") outside ", tp_, " x ", dp_,
+             " x ", pp_);
   return c.tp + tp_ * (c.dp + dp_ * c.pp);
 }
 

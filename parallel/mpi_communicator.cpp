@@ -21,8 +21,8 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -48,10 +48,14 @@ bool mpi_is_cuda_aware() {
 // Raw element type by size: moves bytes of any dtype without interpreting them.
 MPI_Datatype raw_type(const at::Tensor& t) {
   switch (t.element_size()) {
-    case 1: return MPI_UINT8_T;
-    case 2: return MPI_UINT16_T;
-    case 4: return MPI_UINT32_T;
-    case 8: return MPI_UINT64_T;
+    case 1:
+      return MPI_UINT8_T;
+    case 2:
+      return MPI_UINT16_T;
+    case 4:
+      return MPI_UINT32_T;
+    case 8:
+      return MPI_UINT64_T;
   }
   KILN_CHECK(false, "no MPI element type for dtype ", t.scalar_type());
   return MPI_DATATYPE_NULL;
@@ -64,13 +68,20 @@ at::ScalarType reduce_dtype(at::ScalarType s) {
 
 MPI_Datatype arith_type(at::ScalarType s, const char* op) {
   switch (s) {
-    case at::kFloat: return MPI_FLOAT;
-    case at::kDouble: return MPI_DOUBLE;
-    case at::kInt: return MPI_INT32_T;
-    case at::kLong: return MPI_INT64_T;
-    case at::kByte: return MPI_UINT8_T;
-    case at::kChar: return MPI_INT8_T;
-    default: break;
+    case at::kFloat:
+      return MPI_FLOAT;
+    case at::kDouble:
+      return MPI_DOUBLE;
+    case at::kInt:
+      return MPI_INT32_T;
+    case at::kLong:
+      return MPI_INT64_T;
+    case at::kByte:
+      return MPI_UINT8_T;
+    case at::kChar:
+      return MPI_INT8_T;
+    default:
+      break;
   }
   KILN_CHECK(false, op, ": cannot reduce dtype ", s);
   return MPI_DATATYPE_NULL;
@@ -78,9 +89,12 @@ MPI_Datatype arith_type(at::ScalarType s, const char* op) {
 
 MPI_Op mpi_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return MPI_SUM;
-    case ReduceOp::Max: return MPI_MAX;
-    case ReduceOp::Min: return MPI_MIN;
+    case ReduceOp::Sum:
+      return MPI_SUM;
+    case ReduceOp::Max:
+      return MPI_MAX;
+    case ReduceOp::Min:
+      return MPI_MIN;
   }
   return MPI_SUM;
 }
@@ -116,8 +130,7 @@ class MpiCommunicator final : public Communicator {
  public:
   // Takes ownership of comm (freed in the destructor).
   MpiCommunicator(MPI_Comm comm, std::string name, double timeout_s)
-      : comm_(comm), name_(std::move(name)), timeout_s_(timeout_s),
-        cuda_aware_(mpi_is_cuda_aware()) {
+      : comm_(comm), name_(std::move(name)), timeout_s_(timeout_s), cuda_aware_(mpi_is_cuda_aware()) {
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
@@ -141,8 +154,7 @@ class MpiCommunicator final : public Communicator {
     char* base = static_cast<char*>(w.data_ptr());
     for_chunks(w.numel(), [&](int64_t off, int count) {
       MPI_Request req;
-      check(MPI_Iallreduce(MPI_IN_PLACE, base + off * w.element_size(), count, type, mpi_op(op),
-                           comm_, &req),
+      check(MPI_Iallreduce(MPI_IN_PLACE, base + off * w.element_size(), count, type, mpi_op(op), comm_, &req),
             "all_reduce");
       wait(req, "all_reduce");
     });
@@ -162,16 +174,14 @@ class MpiCommunicator final : public Communicator {
     // whose extent is a whole shard, so each round is one call whatever n is.
     if (n <= max_count_) {
       MPI_Request req;
-      check(MPI_Iallgather(src, static_cast<int>(n), raw, dst, static_cast<int>(n), raw, comm_,
-                           &req),
+      check(MPI_Iallgather(src, static_cast<int>(n), raw, dst, static_cast<int>(n), raw, comm_, &req),
             "all_gather");
       wait(req, "all_gather");
     } else {
       for_chunks(n, [&](int64_t off, int count) {
         MpiType block(raw, count, n * el);
         MPI_Request req;
-        check(MPI_Iallgather(src + off * el, count, raw, dst + off * el, 1, block.type, comm_,
-                             &req),
+        check(MPI_Iallgather(src + off * el, count, raw, dst + off * el, 1, block.type, comm_, &req),
               "all_gather");
         wait(req, "all_gather");
       });
@@ -179,8 +189,7 @@ class MpiCommunicator final : public Communicator {
     if (!o.is_same(out)) out.copy_(o);
   }
 
-  void all_gather_v(const at::Tensor& shard, at::Tensor& out,
-                    const std::vector<int64_t>& counts) override {
+  void all_gather_v(const at::Tensor& shard, at::Tensor& out, const std::vector<int64_t>& counts) override {
     check_all_gather_v_args(*this, shard, out, counts);
     at::Tensor o = wire(out, out.scalar_type(), /*with_values=*/false);
     at::Tensor s = wire(shard, shard.scalar_type(), /*with_values=*/true);
@@ -196,8 +205,8 @@ class MpiCommunicator final : public Communicator {
         offset += counts[r];
       }
       MPI_Request req;
-      check(MPI_Iallgatherv(s.data_ptr(), cnt[rank_], raw_type(s), dst, cnt.data(), displ.data(),
-                            raw_type(o), comm_, &req),
+      check(MPI_Iallgatherv(s.data_ptr(), cnt[rank_], raw_type(s), dst, cnt.data(), displ.data(), raw_type(o),
+                            comm_, &req),
             "all_gather_v");
       wait(req, "all_gather_v");
     } else {
@@ -231,8 +240,8 @@ class MpiCommunicator final : public Communicator {
       at::Tensor round = m <= max_count_ ? i : by_rank.narrow(1, off, count).contiguous();
       MPI_Request req;
       check(MPI_Ireduce_scatter_block(round.data_ptr(),
-                                      static_cast<char*>(o.data_ptr()) + off * o.element_size(),
-                                      count, type, mpi_op(op), comm_, &req),
+                                      static_cast<char*>(o.data_ptr()) + off * o.element_size(), count, type,
+                                      mpi_op(op), comm_, &req),
             "reduce_scatter");
       wait(req, "reduce_scatter");
     });
@@ -246,8 +255,7 @@ class MpiCommunicator final : public Communicator {
     char* base = static_cast<char*>(w.data_ptr());
     for_chunks(w.numel(), [&](int64_t off, int count) {
       MPI_Request req;
-      check(MPI_Ibcast(base + off * w.element_size(), count, raw_type(w), root, comm_, &req),
-            "broadcast");
+      check(MPI_Ibcast(base + off * w.element_size(), count, raw_type(w), root, comm_, &req), "broadcast");
       wait(req, "broadcast");
     });
     if (!w.is_same(t)) t.copy_(w);
@@ -259,8 +267,7 @@ class MpiCommunicator final : public Communicator {
     char* base = static_cast<char*>(w.data_ptr());
     for_chunks(w.numel(), [&](int64_t off, int count) {
       MPI_Request req;
-      check(MPI_Isend(base + off * w.element_size(), count, raw_type(w), dst, kTag, comm_, &req),
-            "send");
+      check(MPI_Isend(base + off * w.element_size(), count, raw_type(w), dst, kTag, comm_, &req), "send");
       wait(req, "send");
     });
   }
@@ -271,13 +278,12 @@ class MpiCommunicator final : public Communicator {
     char* base = static_cast<char*>(w.data_ptr());
     for_chunks(w.numel(), [&](int64_t off, int count) {
       MPI_Request req;
-      check(MPI_Irecv(base + off * w.element_size(), count, raw_type(w), src, kTag, comm_, &req),
-            "recv");
+      check(MPI_Irecv(base + off * w.element_size(), count, raw_type(w), src, kTag, comm_, &req), "recv");
       MPI_Status status = wait(req, "recv");
       int got = 0;
       MPI_Get_count(&status, raw_type(w), &got);
-      KILN_CHECK(got == count, "recv on group ", name_, ": got ", got, " elements from rank ",
-                 src, ", expected ", count, " (sender and receiver sizes differ)");
+      KILN_CHECK(got == count, "recv on group ", name_, ": got ", got, " elements from rank ", src,
+                 ", expected ", count, " (sender and receiver sizes differ)");
     });
     if (!w.is_same(t)) t.copy_(w);
   }
@@ -314,8 +320,8 @@ class MpiCommunicator final : public Communicator {
     char msg[MPI_MAX_ERROR_STRING] = {0};
     int len = 0;
     MPI_Error_string(rc, msg, &len);
-    throw InternalError(str("kiln: MPI error in ", op, " on group ", name_, " (rank ", rank_,
-                            " of ", size_, "): ", msg));
+    throw InternalError(
+        str("kiln: MPI error in ", op, " on group ", name_, " (rank ", rank_, " of ", size_, "): ", msg));
   }
 
   // Polls req until it completes or the deadline passes; backs off to short sleeps so that

@@ -37,16 +37,26 @@ using Clock = std::chrono::steady_clock;
 
 ncclDataType_t nccl_type(at::ScalarType s) {
   switch (s) {
-    case at::kFloat: return ncclFloat32;
-    case at::kDouble: return ncclFloat64;
-    case at::kHalf: return ncclFloat16;
-    case at::kBFloat16: return ncclBfloat16;
-    case at::kInt: return ncclInt32;
-    case at::kLong: return ncclInt64;
-    case at::kByte: return ncclUint8;
-    case at::kChar: return ncclInt8;
-    case at::kBool: return ncclUint8;
-    default: break;
+    case at::kFloat:
+      return ncclFloat32;
+    case at::kDouble:
+      return ncclFloat64;
+    case at::kHalf:
+      return ncclFloat16;
+    case at::kBFloat16:
+      return ncclBfloat16;
+    case at::kInt:
+      return ncclInt32;
+    case at::kLong:
+      return ncclInt64;
+    case at::kByte:
+      return ncclUint8;
+    case at::kChar:
+      return ncclInt8;
+    case at::kBool:
+      return ncclUint8;
+    default:
+      break;
   }
   KILN_CHECK(false, "NCCL has no type for dtype ", s);
   return ncclFloat32;
@@ -54,9 +64,12 @@ ncclDataType_t nccl_type(at::ScalarType s) {
 
 ncclRedOp_t nccl_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return ncclSum;
-    case ReduceOp::Max: return ncclMax;
-    case ReduceOp::Min: return ncclMin;
+    case ReduceOp::Sum:
+      return ncclSum;
+    case ReduceOp::Max:
+      return ncclMax;
+    case ReduceOp::Min:
+      return ncclMin;
   }
   return ncclSum;
 }
@@ -71,9 +84,12 @@ class NcclCommunicator final : public Communicator {
  public:
   // Takes ownership of comm.
   NcclCommunicator(ncclComm_t comm, std::string name, int device, double timeout_s)
-      : comm_(comm), name_(std::move(name)), device_(device), timeout_s_(timeout_s),
-        stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true,
-                                             static_cast<c10::DeviceIndex>(device))) {
+      : comm_(comm),
+        name_(std::move(name)),
+        device_(device),
+        timeout_s_(timeout_s),
+        stream_(
+            c10::cuda::getStreamFromPool(/*isHighPriority=*/true, static_cast<c10::DeviceIndex>(device))) {
     nccl_check(ncclCommUserRank(comm_, &rank_), "init");
     nccl_check(ncclCommCount(comm_, &size_), "init");
     watchdog_ = std::thread([this] { watch(); });
@@ -102,8 +118,8 @@ class NcclCommunicator final : public Communicator {
     check_device(t, "all_reduce");
     at::Tensor w = t.is_contiguous() ? t : t.contiguous();
     enqueue("all_reduce", {w}, [&](cudaStream_t s) {
-      return ncclAllReduce(w.data_ptr(), w.data_ptr(), w.numel(), nccl_type(w.scalar_type()),
-                           nccl_op(op), comm_, s);
+      return ncclAllReduce(w.data_ptr(), w.data_ptr(), w.numel(), nccl_type(w.scalar_type()), nccl_op(op),
+                           comm_, s);
     });
     if (!w.is_same(t)) t.copy_(w);  // on the compute stream, after the `done` event
   }
@@ -122,8 +138,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   // No native all-gather-v: one broadcast per rank into its slice, fused in a group call.
-  void all_gather_v(const at::Tensor& shard, at::Tensor& out,
-                    const std::vector<int64_t>& counts) override {
+  void all_gather_v(const at::Tensor& shard, at::Tensor& out, const std::vector<int64_t>& counts) override {
     check_all_gather_v_args(*this, shard, out, counts);
     check_device(shard, "all_gather_v");
     check_device(out, "all_gather_v");
@@ -153,8 +168,8 @@ class NcclCommunicator final : public Communicator {
     at::Tensor o = out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous);
     if (overlaps(i, o)) i = i.clone();
     enqueue("reduce_scatter", {i, o}, [&](cudaStream_t st) {
-      return ncclReduceScatter(i.data_ptr(), o.data_ptr(), o.numel(), nccl_type(o.scalar_type()),
-                               nccl_op(op), comm_, st);
+      return ncclReduceScatter(i.data_ptr(), o.data_ptr(), o.numel(), nccl_type(o.scalar_type()), nccl_op(op),
+                               comm_, st);
     });
     if (!o.is_same(out)) out.copy_(o);
   }
@@ -165,8 +180,8 @@ class NcclCommunicator final : public Communicator {
     check_device(t, "broadcast");
     at::Tensor w = t.is_contiguous() ? t : t.contiguous();
     enqueue("broadcast", {w}, [&](cudaStream_t st) {
-      return ncclBroadcast(w.data_ptr(), w.data_ptr(), w.numel(), nccl_type(w.scalar_type()), root,
-                           comm_, st);
+      return ncclBroadcast(w.data_ptr(), w.data_ptr(), w.numel(), nccl_type(w.scalar_type()), root, comm_,
+                           st);
     });
     if (!w.is_same(t)) t.copy_(w);
   }
@@ -227,23 +242,21 @@ class NcclCommunicator final : public Communicator {
 
   void nccl_check(ncclResult_t rc, const char* op) const {
     if (rc == ncclSuccess) return;
-    throw InternalError(str("kiln: NCCL error in ", op, " on group ", name_, " (rank ", rank_,
-                            " of ", size_, "): ", ncclGetErrorString(rc)));
+    throw InternalError(str("kiln: NCCL error in ", op, " on group ", name_, " (rank ", rank_, " of ", size_,
+                            "): ", ncclGetErrorString(rc)));
   }
 
   void check_device(const at::Tensor& t, const char* op) const {
-    KILN_CHECK(t.is_cuda() && t.device().index() == device_, op, " on NCCL group ", name_,
-               ": tensor on ", t.device(), ", expected cuda:", device_);
+    KILN_CHECK(t.is_cuda() && t.device().index() == device_, op, " on NCCL group ", name_, ": tensor on ",
+               t.device(), ", expected cuda:", device_);
   }
 
   // compute stream -> [ready] -> comm stream: launch -> [done] -> compute stream.
   template <typename Launch>
-  std::shared_ptr<c10::cuda::CUDAEvent> enqueue(const char* op,
-                                                std::initializer_list<at::Tensor> tensors,
+  std::shared_ptr<c10::cuda::CUDAEvent> enqueue(const char* op, std::initializer_list<at::Tensor> tensors,
                                                 Launch&& launch) {
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
-    c10::cuda::CUDAStream compute =
-        c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_));
+    c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_));
     c10::cuda::CUDAEvent ready;
     ready.record(compute);
     ready.block(stream_);
@@ -272,12 +285,10 @@ class NcclCommunicator final : public Communicator {
       ncclCommGetAsyncError(comm_, &async);
       if (async != ncclSuccess && async != ncclInProgress) {
         std::fprintf(stderr, "kiln: NCCL error on group %s (rank %d of %d, world rank %d): %s\n",
-                     name_.c_str(), rank_, size_, launch_info().world_rank,
-                     ncclGetErrorString(async));
+                     name_.c_str(), rank_, size_, launch_info().world_rank, ncclGetErrorString(async));
         abort_process();
       }
-      if (!pending_.empty() && Clock::now() > pending_.front().deadline)
-        timed_out(pending_.front().op);
+      if (!pending_.empty() && Clock::now() > pending_.front().deadline) timed_out(pending_.front().op);
     }
   }
 
@@ -316,8 +327,7 @@ int visible_cuda_devices() {
 std::unique_ptr<Communicator> make_nccl_world_communicator(Communicator& bootstrap, int device,
                                                            double timeout_s) {
   const int count = visible_cuda_devices();
-  if (count == 0)
-    user_error("parallel.backend: nccl, but no CUDA device is visible; use mpi on the CPU");
+  if (count == 0) user_error("parallel.backend: nccl, but no CUDA device is visible; use mpi on the CPU");
   const int dev = device % count;
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(dev));
   ncclUniqueId id;
@@ -329,8 +339,8 @@ std::unique_ptr<Communicator> make_nccl_world_communicator(Communicator& bootstr
   bootstrap.broadcast(id_bytes, 0);
   ncclComm_t comm = nullptr;
   const ncclResult_t rc = ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank());
-  KILN_CHECK(rc == ncclSuccess, "ncclCommInitRank on rank ", bootstrap.rank(), " of ",
-             bootstrap.size(), ": ", ncclGetErrorString(rc));
+  KILN_CHECK(rc == ncclSuccess, "ncclCommInitRank on rank ", bootstrap.rank(), " of ", bootstrap.size(), ": ",
+             ncclGetErrorString(rc));
   return std::make_unique<NcclCommunicator>(comm, "world", dev, timeout_s);
 }
 

@@ -22,8 +22,7 @@ class SingleCommunicator final : public Communicator {
     check_all_gather_args(*this, shard, out);
     out.view({-1}).copy_(shard.reshape({-1}));
   }
-  void all_gather_v(const at::Tensor& shard, at::Tensor& out,
-                    const std::vector<int64_t>& counts) override {
+  void all_gather_v(const at::Tensor& shard, at::Tensor& out, const std::vector<int64_t>& counts) override {
     check_all_gather_v_args(*this, shard, out, counts);
     out.view({-1}).copy_(shard.reshape({-1}));
   }

@@ -35,9 +35,9 @@ struct ZeroOptimizer::Impl {
   int stage;
   int64_t bucket_elems;
   std::vector<Param> params;
-  int64_t n = 0;            // real elements
-  int64_t shard = 0;        // S
-  int64_t begin = 0;        // this rank's range in the flat space: [begin, begin + len)
+  int64_t n = 0;      // real elements
+  int64_t shard = 0;  // S
+  int64_t begin = 0;  // this rank's range in the flat space: [begin, begin + len)
   int64_t len = 0;
   at::Tensor master, exp_avg, exp_avg_sq, decay_mask;  // (len) fp32, on the state device
   at::Tensor grad;                                     // (len) fp32, reduced, on the state device
@@ -46,8 +46,12 @@ struct ZeroOptimizer::Impl {
       : dp(c), hyper(h), stage(s), bucket_elems(std::max<int64_t>(1, bucket_bytes / 4)) {}
 
   // Where collectives run: the model's tensors' device.
-  c10::Device model_device() const { return params.empty() ? c10::Device(c10::kCPU) : params.front().tensor.device(); }
-  at::TensorOptions comm_options() const { return at::TensorOptions().dtype(at::kFloat).device(model_device()); }
+  c10::Device model_device() const {
+    return params.empty() ? c10::Device(c10::kCPU) : params.front().tensor.device();
+  }
+  at::TensorOptions comm_options() const {
+    return at::TensorOptions().dtype(at::kFloat).device(model_device());
+  }
 
   // Full flat fp32 copy of the model's gradients (zeros where a grad is missing), padded to N,
   // on the model's device.
@@ -129,7 +133,8 @@ void ZeroOptimizer::reduce_gradients() {
       at::Tensor bucket = flat.narrow(0, off, std::min(m.bucket_elems, flat.numel() - off));
       m.dp.all_reduce(bucket);
     }
-    m.grad = flat.narrow(0, m.begin, m.len).to(m.master.device(), at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+    m.grad = flat.narrow(0, m.begin, m.len)
+                 .to(m.master.device(), at::kFloat, /*non_blocking=*/false, /*copy=*/true);
   } else {
     // Stage 2: reduce-scatter. Bucket k holds the k-th piece of every rank's shard, so each
     // rank receives the summed piece of its own shard.
@@ -230,7 +235,8 @@ void ZeroOptimizer::load_state(const std::vector<TensorSlice>& slices, int64_t s
         covered += hi - lo;
       }
       if (covered < b - a)
-        user_error("checkpoint is missing part of '", name, "' (", covered, " of ", b - a, " elements found)");
+        user_error("checkpoint is missing part of '", name, "' (", covered, " of ", b - a,
+                   " elements found)");
     }
   }
   steps_ = steps;

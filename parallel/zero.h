@@ -49,17 +49,17 @@ void adamw_update(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_s
 // Checkpoints store optimizer state as such slices so that a different dp size (or tp/pp
 // layout) can reassemble and re-slice them.
 struct TensorSlice {
-  std::string name;                  // e.g. "exp_avg/model.layers.0.mlp.up_proj.weight"
+  std::string name;  // e.g. "exp_avg/model.layers.0.mlp.up_proj.weight"
   std::vector<int64_t> global_shape;
   int64_t flat_begin = 0, flat_end = 0;
-  at::Tensor data;                   // 1-D, flat_end - flat_begin elements, fp32
+  at::Tensor data;  // 1-D, flat_end - flat_begin elements, fp32
 };
 
 class ZeroOptimizer {
  public:
   // zero3_keep_gathered: stage 3 keeps each unit gathered from its forward to its backward.
-  ZeroOptimizer(LlamaImpl& model, Communicator& dp, int stage, int64_t bucket_bytes,
-                AdamWOptions hyper, bool zero3_keep_gathered = false);
+  ZeroOptimizer(LlamaImpl& model, Communicator& dp, int stage, int64_t bucket_bytes, AdamWOptions hyper,
+                bool zero3_keep_gathered = false);
   ~ZeroOptimizer();
 
   int stage() const { return stage_; }

@@ -18,19 +18,19 @@ using UnitFn = std::function<at::Tensor(const at::Tensor&)>;
 struct Zero3Optimizer::Impl {
   struct Param {
     std::string name;
-    at::Tensor tensor;            // the model's tensor: empty, or a view of its group's `full`
+    at::Tensor tensor;  // the model's tensor: empty, or a view of its group's `full`
     std::vector<int64_t> shape;
     int64_t numel = 0;
-    int64_t offset = 0;           // in its group's flat space
-    bool decay = false;           // weight decay on matrices only
+    int64_t offset = 0;  // in its group's flat space
+    bool decay = false;  // weight decay on matrices only
   };
-  struct Group {                  // one unit's parameters
-    std::vector<int> params;      // indices into Impl::params
-    int64_t numel = 0;            // real elements
-    int64_t shard = 0;            // S: elements per rank (padded)
-    int64_t shard_offset = 0;     // where this group's shard starts in the rank's flat shard
-    int refs = 0;                 // gathered while > 0
-    at::Tensor full;              // (dp * S) compute dtype, while gathered
+  struct Group {               // one unit's parameters
+    std::vector<int> params;   // indices into Impl::params
+    int64_t numel = 0;         // real elements
+    int64_t shard = 0;         // S: elements per rank (padded)
+    int64_t shard_offset = 0;  // where this group's shard starts in the rank's flat shard
+    int refs = 0;              // gathered while > 0
+    at::Tensor full;           // (dp * S) compute dtype, while gathered
   };
 
   Impl(Communicator& c, AdamWOptions h, bool keep) : dp(c), hyper(h), keep_gathered(keep) {}
@@ -39,14 +39,14 @@ struct Zero3Optimizer::Impl {
   AdamWOptions hyper;
   bool keep_gathered;  // forward leaves units gathered for their backward (no second gather)
   std::vector<Param> params;
-  std::vector<Group> groups;                    // [unit]
-  std::vector<std::vector<int>> unit_groups;    // [unit] -> groups it reads (tied head: + 0)
-  std::set<int64_t> prefetched;                 // units holding a reference taken ahead of use
-  int64_t len = 0;                              // this rank's shard elements (all groups)
+  std::vector<Group> groups;                                 // [unit]
+  std::vector<std::vector<int>> unit_groups;                 // [unit] -> groups it reads (tied head: + 0)
+  std::set<int64_t> prefetched;                              // units holding a reference taken ahead of use
+  int64_t len = 0;                                           // this rank's shard elements (all groups)
   at::Tensor master, exp_avg, exp_avg_sq, decay_mask, grad;  // (len) fp32, on the state device
-  at::Tensor compute;   // (len) the parameter shard in the model's dtype and on its device;
-                        // aliases master when both match
-  at::Tensor anchor;    // a leaf that requires grad, so every unit's backward runs
+  at::Tensor compute;  // (len) the parameter shard in the model's dtype and on its device;
+                       // aliases master when both match
+  at::Tensor anchor;   // a leaf that requires grad, so every unit's backward runs
   int64_t peak = 0;
   std::vector<int64_t> between_units;  // resident bytes after each unit released (this step)
 
@@ -158,8 +158,7 @@ struct Zero3Optimizer::Impl {
     return groups.front();
   }
 
-  at::Tensor run_unit(const std::shared_ptr<Impl>& self, int64_t unit, const at::Tensor& x,
-                      const UnitFn& fn);
+  at::Tensor run_unit(const std::shared_ptr<Impl>& self, int64_t unit, const at::Tensor& x, const UnitFn& fn);
 };
 
 namespace {
@@ -225,8 +224,7 @@ at::Tensor Zero3Optimizer::Impl::run_unit(const std::shared_ptr<Impl>& self, int
   return Zero3UnitFunction::apply(x, anchor, c10::make_intrusive<UnitHolder>(self, unit, fn));
 }
 
-Zero3Optimizer::Zero3Optimizer(LlamaImpl& model, Communicator& dp, AdamWOptions hyper,
-                               bool keep_gathered)
+Zero3Optimizer::Zero3Optimizer(LlamaImpl& model, Communicator& dp, AdamWOptions hyper, bool keep_gathered)
     : model_(model), impl_(std::make_shared<Impl>(dp, hyper, keep_gathered)) {
   Impl& m = *impl_;
   const int64_t units = model.num_units();
@@ -359,8 +357,7 @@ void Zero3Optimizer::load_state(const std::vector<TensorSlice>& slices) {
                      ", the model needs ", at::IntArrayRef(p.shape));
         const int64_t lo = std::max(s.flat_begin, a), hi = std::min(s.flat_end, b);
         if (lo >= hi) continue;
-        buf->narrow(0, m.shard_index(p, G, lo), hi - lo)
-            .copy_(s.data.narrow(0, lo - s.flat_begin, hi - lo));
+        buf->narrow(0, m.shard_index(p, G, lo), hi - lo).copy_(s.data.narrow(0, lo - s.flat_begin, hi - lo));
         covered += hi - lo;
       }
       if (covered < b - a)
@@ -395,8 +392,6 @@ c10::Device Zero3Optimizer::state_device() const { return impl_->master.device()
 
 int64_t Zero3Optimizer::resident_parameter_bytes() const { return impl_->resident_bytes(); }
 int64_t Zero3Optimizer::peak_resident_parameter_bytes() const { return impl_->peak; }
-std::vector<int64_t> Zero3Optimizer::resident_between_units() const {
-  return impl_->between_units;
-}
+std::vector<int64_t> Zero3Optimizer::resident_between_units() const { return impl_->between_units; }
 
 }  // namespace kiln

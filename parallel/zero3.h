@@ -35,8 +35,7 @@ namespace kiln {
 
 class Zero3Optimizer {
  public:
-  Zero3Optimizer(LlamaImpl& model, Communicator& dp, AdamWOptions hyper,
-                 bool keep_gathered = false);
+  Zero3Optimizer(LlamaImpl& model, Communicator& dp, AdamWOptions hyper, bool keep_gathered = false);
   ~Zero3Optimizer();
   Zero3Optimizer(const Zero3Optimizer&) = delete;
   Zero3Optimizer& operator=(const Zero3Optimizer&) = delete;

@@ -40,7 +40,9 @@ std::string read_file(const std::string& path) {
 
 }  // namespace
 
-std::string checkpoint_root(const std::string& run_dir) { return (fs::path(run_dir) / "checkpoints").string(); }
+std::string checkpoint_root(const std::string& run_dir) {
+  return (fs::path(run_dir) / "checkpoints").string();
+}
 
 std::string latest_checkpoint(const std::string& run_dir) {
   const fs::path root = checkpoint_root(run_dir);
@@ -50,7 +52,8 @@ std::string latest_checkpoint(const std::string& run_dir) {
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
   const fs::path dir = root / name;
   if (name.empty() || !fs::exists(dir / "state.json"))
-    user_error(latest.string(), ": names '", name, "', which is not a complete checkpoint (no state.json); "
+    user_error(latest.string(), ": names '", name,
+               "', which is not a complete checkpoint (no state.json); "
                "point train.resume at a step-* directory or set train.resume: never");
   return dir.string();
 }
@@ -85,8 +88,11 @@ void save_checkpoint(const std::string& run_dir, Communicator& world, const Chec
   if (world.rank() == 0) {
     write_safetensors((tmp / "model.safetensors").string(), weights, {{"format", "pt"}});
     write_file_atomic((tmp / "config.yaml").string(), config_yaml);
-    nlohmann::json js = {{"step", state.step}, {"data", state.data}, {"extra", state.extra},
-                         {"world_size", world.size()}, {"format_version", 1}};
+    nlohmann::json js = {{"step", state.step},
+                         {"data", state.data},
+                         {"extra", state.extra},
+                         {"world_size", world.size()},
+                         {"format_version", 1}};
     write_file_atomic((tmp / "state.json").string(), js.dump(2));
     if (fs::exists(final_dir)) remove_tree(final_dir.string());
     fs::rename(tmp, final_dir);
@@ -96,7 +102,8 @@ void save_checkpoint(const std::string& run_dir, Communicator& world, const Chec
     std::vector<fs::path> done;
     for (const auto& e : fs::directory_iterator(root)) {
       const std::string n = e.path().filename().string();
-      if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos) done.push_back(e.path());
+      if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos)
+        done.push_back(e.path());
     }
     std::sort(done.begin(), done.end());
     for (size_t i = 0; i + keep_last < done.size(); ++i) remove_tree(done[i].string());
@@ -134,7 +141,8 @@ std::vector<TensorSlice> read_checkpoint_slices(const std::string& dir) {
   for (const auto& f : files) {
     SafetensorsFile st(f.string());
     auto it = st.metadata().find("slices");
-    if (it == st.metadata().end()) user_error(f.string(), ": no 'slices' metadata; not a kiln optimizer file");
+    if (it == st.metadata().end())
+      user_error(f.string(), ": no 'slices' metadata; not a kiln optimizer file");
     nlohmann::json index;
     try {
       index = nlohmann::json::parse(it->second);

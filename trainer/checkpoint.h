@@ -24,9 +24,9 @@ namespace kiln {
 class Communicator;
 
 struct CheckpointState {
-  int64_t step = 0;           // optimizer steps completed
-  nlohmann::json data;        // loader state
-  nlohmann::json extra;       // tokens seen, layout, ...
+  int64_t step = 0;      // optimizer steps completed
+  nlohmann::json data;   // loader state
+  nlohmann::json extra;  // tokens seen, layout, ...
 };
 
 std::string checkpoint_root(const std::string& run_dir);

@@ -10,8 +10,8 @@ namespace kiln {
 struct Args {
   std::string verb;
   std::vector<std::string> positional;
-  std::vector<std::string> sets;              // --set a.b=c, in order
-  std::map<std::string, std::string> options; // --name value (flags map to "true")
+  std::vector<std::string> sets;               // --set a.b=c, in order
+  std::map<std::string, std::string> options;  // --name value (flags map to "true")
   bool help = false;
 
   bool has(const std::string& name) const { return options.count(name) > 0; }

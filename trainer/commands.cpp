@@ -38,11 +38,11 @@ std::string human_bytes(double b) {
 int cmd_train(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"exit-after"}, {});
   Config cfg = config_from(a,
-      "usage: kiln train CONFIG [--set key.path=value ...] [--exit-after N]\n"
-      "  Trains as the config says: one process, or every rank of an mpirun job.\n"
-      "  Resumes from the latest checkpoint in train.run_dir (train.resume: auto).\n"
-      "  --exit-after N   stop cleanly with a checkpoint after N steps of this run\n"
-      "  SIGTERM / Ctrl-C save a checkpoint at the end of the current step and exit.\n");
+                           "usage: kiln train CONFIG [--set key.path=value ...] [--exit-after N]\n"
+                           "  Trains as the config says: one process, or every rank of an mpirun job.\n"
+                           "  Resumes from the latest checkpoint in train.run_dir (train.resume: auto).\n"
+                           "  --exit-after N   stop cleanly with a checkpoint after N steps of this run\n"
+                           "  SIGTERM / Ctrl-C save a checkpoint at the end of the current step and exit.\n");
   launch_info();
   log0("resolved config:\n", to_yaml(cfg));
   TrainOptions opts;
@@ -55,7 +55,8 @@ int cmd_train(int argc, char** argv) {
 
 int cmd_eval(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {}, {});
-  Config cfg = config_from(a,
+  Config cfg = config_from(
+      a,
       "usage: kiln eval CONFIG [--set key.path=value ...]\n"
       "  Mean loss over the trained tokens of data.eval, with the weights of the latest checkpoint\n"
       "  in train.run_dir (or model.init_from). Prints one JSON line: {\"loss\": L, \"tokens\": N}.\n");
@@ -70,7 +71,8 @@ int cmd_plan(int argc, char** argv) {
     std::printf("%s", describe_keys().c_str());
     return 0;
   }
-  Config cfg = config_from(a,
+  Config cfg = config_from(
+      a,
       "usage: kiln plan CONFIG [--set key.path=value ...] [--world N] [--explain]\n"
       "  Validates the config for N processes (default: this launch's), prints the resolved\n"
       "  config, parameter count, FLOPs per token and per-rank memory.  --explain lists every key.\n");
@@ -111,10 +113,11 @@ int cmd_plan(int argc, char** argv) {
 
 int cmd_generate(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"prompt"}, {});
-  Config cfg = config_from(a,
-      "usage: kiln generate CONFIG --prompt TEXT [--set generate.temperature=0.8 ...]\n"
-      "  Continues TEXT with the latest checkpoint of train.run_dir (or model.init_from).\n"
-      "  Greedy by default; generate.temperature / top_k / top_p / max_new_tokens sample.\n");
+  Config cfg =
+      config_from(a,
+                  "usage: kiln generate CONFIG --prompt TEXT [--set generate.temperature=0.8 ...]\n"
+                  "  Continues TEXT with the latest checkpoint of train.run_dir (or model.init_from).\n"
+                  "  Greedy by default; generate.temperature / top_k / top_p / max_new_tokens sample.\n");
   if (!a.has("prompt")) user_error("--prompt TEXT is required");
   std::string prompt = a.get("prompt");
   std::cout << prompt << generate_text(cfg, prompt) << std::endl;

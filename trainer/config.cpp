@@ -7,8 +7,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -25,8 +25,8 @@ namespace {
 
 // Where a value came from, for messages.
 struct Ctx {
-  std::string file;      // config file name
-  std::string base_dir;  // its directory, for relative paths
+  std::string file;                     // config file name
+  std::string base_dir;                 // its directory, for relative paths
   std::vector<std::string> overridden;  // key paths given with --set
 };
 
@@ -64,8 +64,7 @@ int64_t as_int(const YAML::Node& n, const Ctx& ctx, const std::string& key) {
     if (!s.empty() && end && *end == '\0' && errno == 0) return v;
     // 1e3 style integers
     double d = std::strtod(s.c_str(), &end);
-    if (!s.empty() && end && *end == '\0' && std::isfinite(d) && d == std::floor(d) &&
-        std::fabs(d) < 9e18)
+    if (!s.empty() && end && *end == '\0' && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e18)
       return static_cast<int64_t>(d);
   }
   user_error(where(ctx, n, key), ": expected an integer, got '", scalar_text(n), "'");
@@ -104,8 +103,7 @@ std::string join(const std::vector<std::string>& v, const char* sep) {
 }
 
 // Relative paths written in the file are relative to the file; --set paths to the cwd.
-std::string resolve_path(const std::string& p, const std::string& key, const YAML::Node& n,
-                         const Ctx& ctx) {
+std::string resolve_path(const std::string& p, const std::string& key, const YAML::Node& n, const Ctx& ctx) {
   if (p.empty() || fs::path(p).is_absolute() || n.Mark().line < 0 || from_set(ctx, key)) return p;
   return (fs::path(ctx.base_dir) / p).lexically_normal().string();
 }
@@ -150,28 +148,25 @@ Key int_key(std::string path, int64_t* v, int64_t lo, int64_t hi, std::string me
           [=] { return show_value(*v); }};
 }
 
-Key num_key(std::string path, double* v, double lo, double hi, std::string meaning,
-            bool lo_open = false) {
+Key num_key(std::string path, double* v, double lo, double hi, std::string meaning, bool lo_open = false) {
   return {path, meaning,
           [=](const YAML::Node& n, const Ctx& c) {
             double x = as_double(n, c, path);
             bool bad = lo_open ? !(x > lo) : x < lo;
             if (bad || x > hi)
-              user_error(where(c, n, path), ": ", x, " is out of range; valid: ", lo_open ? "> " : ">= ",
-                         lo, hi < 1e300 ? str(" and <= ", hi) : std::string());
+              user_error(where(c, n, path), ": ", x, " is out of range; valid: ", lo_open ? "> " : ">= ", lo,
+                         hi < 1e300 ? str(" and <= ", hi) : std::string());
             *v = x;
           },
           [=] { return show_value(*v); }};
 }
 
 Key bool_key(std::string path, bool* v, std::string meaning) {
-  return {path, meaning,
-          [=](const YAML::Node& n, const Ctx& c) { *v = as_bool(n, c, path); },
+  return {path, meaning, [=](const YAML::Node& n, const Ctx& c) { *v = as_bool(n, c, path); },
           [=] { return show_value(*v); }};
 }
 
-Key choice_key(std::string path, std::string* v, std::vector<std::string> choices,
-               std::string meaning) {
+Key choice_key(std::string path, std::string* v, std::vector<std::string> choices, std::string meaning) {
   return {path, meaning + " (" + join(choices, " | ") + ")",
           [=](const YAML::Node& n, const Ctx& c) {
             std::string x = as_string(n, c, path);
@@ -192,8 +187,7 @@ Key string_key(std::string path, std::string* v, std::string meaning, bool is_pa
 }
 
 // "none" | "hf:DIR" | "ckpt:DIR" | "peft:DIR" with DIR resolved.
-Key source_key(std::string path, std::string* v, std::vector<std::string> prefixes,
-               std::string meaning) {
+Key source_key(std::string path, std::string* v, std::vector<std::string> prefixes, std::string meaning) {
   return {path, meaning,
           [=](const YAML::Node& n, const Ctx& c) {
             std::string x = as_string(n, c, path);
@@ -204,8 +198,8 @@ Key source_key(std::string path, std::string* v, std::vector<std::string> prefix
             auto colon = x.find(':');
             std::string prefix = colon == std::string::npos ? "" : x.substr(0, colon);
             if (std::find(prefixes.begin(), prefixes.end(), prefix) == prefixes.end())
-              user_error(where(c, n, path), ": '", x, "' must be none or one of ",
-                         join(prefixes, ":DIR | "), ":DIR");
+              user_error(where(c, n, path), ": '", x, "' must be none or one of ", join(prefixes, ":DIR | "),
+                         ":DIR");
             *v = prefix + ":" + resolve_path(x.substr(colon + 1), path, n, c);
           },
           [=] { return show_value(*v); }};
@@ -240,32 +234,40 @@ std::vector<Key> schema(Config& cfg) {
       int_key("model.hidden_size", &m.hidden_size, 1, kMax, "model width"),
       int_key("model.num_layers", &m.num_layers, 1, kMax, "decoder layers"),
       int_key("model.num_heads", &m.num_heads, 1, kMax, "attention heads"),
-      int_key("model.num_kv_heads", &m.num_kv_heads, 0, kMax, "key/value heads, 0 = num_heads (GQA when fewer)"),
-      int_key("model.ffn_hidden_size", &m.ffn_hidden_size, 0, kMax, "SwiGLU width, 0 = 8h/3 rounded up to 64"),
+      int_key("model.num_kv_heads", &m.num_kv_heads, 0, kMax,
+              "key/value heads, 0 = num_heads (GQA when fewer)"),
+      int_key("model.ffn_hidden_size", &m.ffn_hidden_size, 0, kMax,
+              "SwiGLU width, 0 = 8h/3 rounded up to 64"),
       int_key("model.max_seq_len", &m.max_seq_len, 1, kMax, "longest sequence the model serves"),
       num_key("model.rope_theta", &m.rope_theta, 0, 1e300, "RoPE base", true),
       choice_key("model.rope_scaling.type", &m.rope_scaling.type, {"none", "linear", "dynamic", "llama3"},
                  "RoPE scaling for context extension"),
-      num_key("model.rope_scaling.factor", &m.rope_scaling.factor, 1, 1e6, "context extension factor (4k->16k: 4)"),
+      num_key("model.rope_scaling.factor", &m.rope_scaling.factor, 1, 1e6,
+              "context extension factor (4k->16k: 4)"),
       int_key("model.rope_scaling.original_max_seq_len", &m.rope_scaling.original_max_seq_len, 0, kMax,
               "pretraining context for dynamic/llama3, 0 = model.max_seq_len"),
-      num_key("model.rope_scaling.low_freq_factor", &m.rope_scaling.low_freq_factor, 0, 1e6, "llama3 scaling", true),
-      num_key("model.rope_scaling.high_freq_factor", &m.rope_scaling.high_freq_factor, 0, 1e6, "llama3 scaling", true),
+      num_key("model.rope_scaling.low_freq_factor", &m.rope_scaling.low_freq_factor, 0, 1e6, "llama3 scaling",
+              true),
+      num_key("model.rope_scaling.high_freq_factor", &m.rope_scaling.high_freq_factor, 0, 1e6,
+              "llama3 scaling", true),
       choice_key("model.position", &m.position, {"rope", "alibi"}, "position encoding"),
       bool_key("model.tie_embeddings", &m.tie_embeddings, "share input embedding and LM head"),
       num_key("model.norm_eps", &m.norm_eps, 0, 1, "RMSNorm epsilon", true),
       num_key("model.init_std", &m.init_std, 0, 10, "std of the random init", true),
-      source_key("model.init_from", &m.init_from, {"hf", "ckpt"}, "none | hf:DIR | ckpt:DIR: initial weights"),
+      source_key("model.init_from", &m.init_from, {"hf", "ckpt"},
+                 "none | hf:DIR | ckpt:DIR: initial weights"),
       string_key("tokenizer", &cfg.tokenizer, "sentencepiece model file", true),
       string_key("data.mixture", &d.mixture, "data.json {path: weight}, a .jsonl, or a prepared dir", true),
       choice_key("data.mix", &d.mix, {"proportional", "telechat"}, "how data.json weights are applied"),
       {"data.schedule", "list of {step, weights: {path: weight}}, linear between points",
        [&d](const YAML::Node& n, const Ctx& c) {
          d.schedule.clear();
-         if (!n.IsSequence()) user_error(where(c, n, "data.schedule"), ": expected a list of {step, weights}");
+         if (!n.IsSequence())
+           user_error(where(c, n, "data.schedule"), ": expected a list of {step, weights}");
          for (const auto& e : n) {
            if (!e.IsMap() || !e["step"] || !e["weights"] || !e["weights"].IsMap())
-             user_error(where(c, e, "data.schedule"), ": each point needs step: N and weights: {path: weight}");
+             user_error(where(c, e, "data.schedule"),
+                        ": each point needs step: N and weights: {path: weight}");
            for (const auto& kv : e)
              if (kv.first.Scalar() != "step" && kv.first.Scalar() != "weights")
                user_error(where(c, kv.first, "data.schedule." + kv.first.Scalar()),
@@ -277,7 +279,9 @@ std::vector<Key> schema(Config& cfg) {
              user_error(where(c, e["step"], "data.schedule.step"), ": steps must increase");
            for (const auto& w : e["weights"]) {
              double x = as_double(w.second, c, "data.schedule.weights." + w.first.Scalar());
-             if (x < 0) user_error(where(c, w.second, "data.schedule.weights." + w.first.Scalar()), ": weight must be >= 0");
+             if (x < 0)
+               user_error(where(c, w.second, "data.schedule.weights." + w.first.Scalar()),
+                          ": weight must be >= 0");
              mp.weights[w.first.Scalar()] = x;
            }
            d.schedule.push_back(mp);
@@ -293,22 +297,27 @@ std::vector<Key> schema(Config& cfg) {
          }
          return n;
        }},
-      choice_key("data.format", &d.format, {"auto", "text", "alpaca", "telechat", "firefly", "messages"}, "JSONL record format"),
-      string_key("data.template", &d.chat_template, "chat template: firefly | xuanyuan | llama2 | chatml | telechat | custom"),
+      choice_key("data.format", &d.format, {"auto", "text", "alpaca", "telechat", "firefly", "messages"},
+                 "JSONL record format"),
+      string_key("data.template", &d.chat_template,
+                 "chat template: firefly | xuanyuan | llama2 | chatml | telechat | custom"),
       {"data.custom_template", "template: custom — map of template strings",
        [&d](const YAML::Node& n, const Ctx& c) {
          if (!n.IsMap()) user_error(where(c, n, "data.custom_template"), ": expected a mapping of strings");
          d.custom_template.clear();
          for (const auto& kv : n)
-           d.custom_template[kv.first.Scalar()] = as_string(kv.second, c, "data.custom_template." + kv.first.Scalar());
+           d.custom_template[kv.first.Scalar()] =
+               as_string(kv.second, c, "data.custom_template." + kv.first.Scalar());
        },
        [&d] {
          YAML::Node n(YAML::NodeType::Map);
          for (const auto& [k, v] : d.custom_template) n[k] = v;
          return n;
        }},
-      choice_key("data.loss", &d.loss, {"all_tokens", "all_turns", "last_turn"}, "which tokens carry loss in SFT"),
-      choice_key("data.loss_average", &d.loss_average, {"token", "sample"}, "mean over trained tokens of the global batch, or per sample"),
+      choice_key("data.loss", &d.loss, {"all_tokens", "all_turns", "last_turn"},
+                 "which tokens carry loss in SFT"),
+      choice_key("data.loss_average", &d.loss_average, {"token", "sample"},
+                 "mean over trained tokens of the global batch, or per sample"),
       int_key("data.seq_len", &d.seq_len, 2, kMax, "tokens per training sequence"),
       bool_key("data.packing", &d.packing, "pack whole samples into sequences (no cross-attention)"),
       choice_key("data.overlong", &d.overlong, {"truncate", "drop"}, "samples longer than seq_len"),
@@ -321,31 +330,39 @@ std::vector<Key> schema(Config& cfg) {
       int_key("train.seed", &t.seed, 0, kMax, "seed for init, data order and dropout"),
       int_key("train.steps", &t.steps, 1, kMax, "optimizer steps"),
       int_key("train.micro_batch_size", &t.micro_batch_size, 1, kMax, "sequences per forward on each rank"),
-      int_key("train.global_batch_size", &t.global_batch_size, 0, kMax, "sequences per step, 0 = micro_batch_size * dp"),
+      int_key("train.global_batch_size", &t.global_batch_size, 0, kMax,
+              "sequences per step, 0 = micro_batch_size * dp"),
       num_key("train.lr", &t.lr, 0, 10, "peak learning rate", true),
       num_key("train.min_lr", &t.min_lr, 0, 10, "final learning rate of cosine/linear decay"),
       int_key("train.warmup_steps", &t.warmup_steps, 0, kMax, "linear warmup steps"),
-      choice_key("train.schedule", &t.schedule, {"cosine", "linear", "constant"}, "learning-rate schedule after warmup"),
+      choice_key("train.schedule", &t.schedule, {"cosine", "linear", "constant"},
+                 "learning-rate schedule after warmup"),
       num_key("train.weight_decay", &t.weight_decay, 0, 10, "AdamW decoupled weight decay (matrices only)"),
       {"train.betas", "AdamW betas [beta1, beta2]",
        [&t](const YAML::Node& n, const Ctx& c) {
-         if (!n.IsSequence() || n.size() != 2) user_error(where(c, n, "train.betas"), ": expected [beta1, beta2]");
+         if (!n.IsSequence() || n.size() != 2)
+           user_error(where(c, n, "train.betas"), ": expected [beta1, beta2]");
          for (int i = 0; i < 2; ++i) {
            double b = as_double(n[i], c, "train.betas");
-           if (b < 0 || b >= 1) user_error(where(c, n, "train.betas"), ": ", b, " is out of range; valid: 0 <= beta < 1");
+           if (b < 0 || b >= 1)
+             user_error(where(c, n, "train.betas"), ": ", b, " is out of range; valid: 0 <= beta < 1");
            t.betas[i] = b;
          }
        },
        [&t] { return show_value(t.betas); }},
       num_key("train.eps", &t.eps, 0, 1, "AdamW epsilon", true),
       num_key("train.grad_clip", &t.grad_clip, 0, 1e30, "global gradient-norm clip, 0 = off"),
-      choice_key("train.precision", &t.precision, {"auto", "bf16", "fp16", "fp32"}, "compute precision (master weights are fp32)"),
-      choice_key("train.activation_checkpointing", &t.activation_checkpointing, {"none", "selective", "full"}, "recompute activations in backward"),
+      choice_key("train.precision", &t.precision, {"auto", "bf16", "fp16", "fp32"},
+                 "compute precision (master weights are fp32)"),
+      choice_key("train.activation_checkpointing", &t.activation_checkpointing, {"none", "selective", "full"},
+                 "recompute activations in backward"),
       string_key("train.resume", &t.resume, "auto (latest checkpoint in run_dir) | never | DIR"),
       int_key("train.log_every", &t.log_every, 1, kMax, "steps between log lines"),
       int_key("train.eval_every", &t.eval_every, 0, kMax, "steps between evals on data.eval, 0 = never"),
-      int_key("train.max_skipped_steps", &t.max_skipped_steps, 0, kMax, "fp16 overflow steps in a row before stopping"),
-      choice_key("train.optimizer_offload", &t.optimizer_offload, {"none", "cpu"}, "keep optimizer state on the host"),
+      int_key("train.max_skipped_steps", &t.max_skipped_steps, 0, kMax,
+              "fp16 overflow steps in a row before stopping"),
+      choice_key("train.optimizer_offload", &t.optimizer_offload, {"none", "cpu"},
+                 "keep optimizer state on the host"),
       choice_key("train.device", &t.device, {"auto", "cpu", "cuda"}, "where to compute"),
       int_key("train.threads", &t.threads, 0, 1024, "CPU threads, 0 = torch default"),
       int_key("parallel.tp", &p.tp, 1, 1024, "tensor-parallel size"),
@@ -353,9 +370,11 @@ std::vector<Key> schema(Config& cfg) {
       int_key("parallel.virtual_stages", &p.virtual_stages, 1, 1024, "interleaved chunks per pipeline rank"),
       int_key("parallel.zero", &p.zero, 0, 3, "ZeRO stage over data parallel"),
       bool_key("parallel.sequence_parallel", &p.sequence_parallel, "shard norms/dropout activations over tp"),
-      bool_key("parallel.zero3_keep_gathered", &p.zero3_keep_gathered, "ZeRO-3: keep gathered params between forward and backward"),
+      bool_key("parallel.zero3_keep_gathered", &p.zero3_keep_gathered,
+               "ZeRO-3: keep gathered params between forward and backward"),
       choice_key("parallel.backend", &p.backend, {"auto", "nccl", "mpi"}, "communication backend"),
-      num_key("parallel.timeout_s", &p.timeout_s, 0, 1e9, "seconds before a stuck collective aborts the job", true),
+      num_key("parallel.timeout_s", &p.timeout_s, 0, 1e9, "seconds before a stuck collective aborts the job",
+              true),
       int_key("parallel.bucket_mb", &p.bucket_mb, 1, 1 << 20, "gradient bucket size in MiB"),
       int_key("checkpoint.every", &k.every, 0, kMax, "steps between checkpoints, 0 = only at the end"),
       int_key("checkpoint.keep_last", &k.keep_last, 1, kMax, "checkpoints kept (older ones deleted)"),
@@ -379,21 +398,38 @@ std::vector<Key> schema(Config& cfg) {
 // Megatron (learning_rate, max_steps, ...) count as spellings of kiln's keys.
 std::string closest_key(const std::string& path, const std::vector<Key>& keys) {
   static const std::pair<const char*, const char*> aliases[] = {
-      {"train.learning_rate", "train.lr"}, {"train.max_steps", "train.steps"},
-      {"train.train_iters", "train.steps"}, {"train.lr_scheduler_type", "train.schedule"},
-      {"train.lr_decay_style", "train.schedule"}, {"train.warmup", "train.warmup_steps"},
+      {"train.learning_rate", "train.lr"},
+      {"train.max_steps", "train.steps"},
+      {"train.train_iters", "train.steps"},
+      {"train.lr_scheduler_type", "train.schedule"},
+      {"train.lr_decay_style", "train.schedule"},
+      {"train.warmup", "train.warmup_steps"},
       {"train.per_device_train_batch_size", "train.micro_batch_size"},
-      {"train.max_grad_norm", "train.grad_clip"}, {"train.clip_grad", "train.grad_clip"},
-      {"train.output_dir", "train.run_dir"}, {"train.gradient_checkpointing", "train.activation_checkpointing"},
-      {"train.save", "train.run_dir"}, {"train.bf16", "train.precision"}, {"train.fp16", "train.precision"},
-      {"parallel.tensor_model_parallel_size", "parallel.tp"}, {"parallel.pipeline_model_parallel_size", "parallel.pp"},
-      {"parallel.zero_stage", "parallel.zero"}, {"model.num_hidden_layers", "model.num_layers"},
-      {"model.num_attention_heads", "model.num_heads"}, {"model.num_key_value_heads", "model.num_kv_heads"},
-      {"model.intermediate_size", "model.ffn_hidden_size"}, {"model.max_position_embeddings", "model.max_seq_len"},
-      {"model.rms_norm_eps", "model.norm_eps"}, {"model.tie_word_embeddings", "model.tie_embeddings"},
-      {"data.max_seq_length", "data.seq_len"}, {"data.cutoff_len", "data.seq_len"}, {"lora.lora_rank", "lora.rank"},
-      {"lora.r", "lora.rank"}, {"lora.lora_alpha", "lora.alpha"}, {"lora.lora_dropout", "lora.dropout"},
-      {"lora.target_modules", "lora.targets"}, {"checkpoint.save_steps", "checkpoint.every"},
+      {"train.max_grad_norm", "train.grad_clip"},
+      {"train.clip_grad", "train.grad_clip"},
+      {"train.output_dir", "train.run_dir"},
+      {"train.gradient_checkpointing", "train.activation_checkpointing"},
+      {"train.save", "train.run_dir"},
+      {"train.bf16", "train.precision"},
+      {"train.fp16", "train.precision"},
+      {"parallel.tensor_model_parallel_size", "parallel.tp"},
+      {"parallel.pipeline_model_parallel_size", "parallel.pp"},
+      {"parallel.zero_stage", "parallel.zero"},
+      {"model.num_hidden_layers", "model.num_layers"},
+      {"model.num_attention_heads", "model.num_heads"},
+      {"model.num_key_value_heads", "model.num_kv_heads"},
+      {"model.intermediate_size", "model.ffn_hidden_size"},
+      {"model.max_position_embeddings", "model.max_seq_len"},
+      {"model.rms_norm_eps", "model.norm_eps"},
+      {"model.tie_word_embeddings", "model.tie_embeddings"},
+      {"data.max_seq_length", "data.seq_len"},
+      {"data.cutoff_len", "data.seq_len"},
+      {"lora.lora_rank", "lora.rank"},
+      {"lora.r", "lora.rank"},
+      {"lora.lora_alpha", "lora.alpha"},
+      {"lora.lora_dropout", "lora.dropout"},
+      {"lora.target_modules", "lora.targets"},
+      {"checkpoint.save_steps", "checkpoint.every"},
       {"checkpoint.save_total_limit", "checkpoint.keep_last"}};
   std::string best;
   size_t best_d = std::numeric_limits<size_t>::max();
@@ -408,8 +444,8 @@ std::string closest_key(const std::string& path, const std::vector<Key>& keys) {
 
 // Flattens a YAML mapping into (dotted key, node) leaves, stopping at keys the schema treats
 // as one value (lists, template maps).
-void walk(const YAML::Node& node, const std::string& prefix, const std::vector<Key>& keys,
-          const Ctx& ctx, std::vector<std::pair<std::string, YAML::Node>>& leaves) {
+void walk(const YAML::Node& node, const std::string& prefix, const std::vector<Key>& keys, const Ctx& ctx,
+          std::vector<std::pair<std::string, YAML::Node>>& leaves) {
   for (const auto& kv : node) {
     std::string name = kv.first.as<std::string>();
     std::string path = prefix.empty() ? name : prefix + "." + name;
@@ -431,8 +467,8 @@ void walk(const YAML::Node& node, const std::string& prefix, const std::vector<K
 
 // Sets root[parts[0]][parts[1]]... = value, creating sections. Each child is assigned back to
 // its parent, since a yaml-cpp node fetched for a missing key is not attached until then.
-void set_path(YAML::Node& node, const std::vector<std::string>& parts, size_t i,
-              const YAML::Node& value, const std::string& what) {
+void set_path(YAML::Node& node, const std::vector<std::string>& parts, size_t i, const YAML::Node& value,
+              const std::string& what) {
   if (i + 1 == parts.size()) {
     node[parts[i]] = value;
     return;
@@ -446,8 +482,7 @@ void set_path(YAML::Node& node, const std::vector<std::string>& parts, size_t i,
 
 void apply_override(YAML::Node& root, const std::string& spec) {
   auto eq = spec.find('=');
-  if (eq == std::string::npos || eq == 0)
-    user_error("--set ", spec, ": expected key.path=value");
+  if (eq == std::string::npos || eq == 0) user_error("--set ", spec, ": expected key.path=value");
   std::string path = spec.substr(0, eq), value = spec.substr(eq + 1);
   std::vector<std::string> parts;
   std::stringstream ss(path);
@@ -517,15 +552,20 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
   // Cross-key checks that need no world size.
   const ModelConfig& m = cfg.model;
   if (m.hidden_size % m.num_heads != 0)
-    user_error(source_name, ": model.hidden_size (", m.hidden_size, ") must be divisible by model.num_heads (", m.num_heads, ")");
+    user_error(source_name, ": model.hidden_size (", m.hidden_size,
+               ") must be divisible by model.num_heads (", m.num_heads, ")");
   if (m.num_heads % m.kv_heads() != 0)
-    user_error(source_name, ": model.num_heads (", m.num_heads, ") must be divisible by model.num_kv_heads (", m.kv_heads(), ")");
+    user_error(source_name, ": model.num_heads (", m.num_heads, ") must be divisible by model.num_kv_heads (",
+               m.kv_heads(), ")");
   if (m.position == "rope" && m.head_dim() % 2 != 0)
-    user_error(source_name, ": model.hidden_size / model.num_heads must be even for RoPE (is ", m.head_dim(), ")");
+    user_error(source_name, ": model.hidden_size / model.num_heads must be even for RoPE (is ", m.head_dim(),
+               ")");
   if (cfg.data.seq_len > m.max_seq_len)
-    user_error(source_name, ": data.seq_len (", cfg.data.seq_len, ") exceeds model.max_seq_len (", m.max_seq_len, ")");
+    user_error(source_name, ": data.seq_len (", cfg.data.seq_len, ") exceeds model.max_seq_len (",
+               m.max_seq_len, ")");
   if (cfg.train.min_lr > cfg.train.lr)
-    user_error(source_name, ": train.min_lr (", cfg.train.min_lr, ") must not exceed train.lr (", cfg.train.lr, ")");
+    user_error(source_name, ": train.min_lr (", cfg.train.min_lr, ") must not exceed train.lr (",
+               cfg.train.lr, ")");
   if (cfg.data.chat_template == "custom" && cfg.data.custom_template.empty())
     user_error(source_name, ": data.template: custom needs data.custom_template");
   return cfg;
@@ -545,8 +585,8 @@ int64_t data_parallel_size(const Config& cfg, int64_t world_size) {
 
 int64_t accumulation_steps(const Config& cfg, int64_t world_size) {
   int64_t dp = data_parallel_size(cfg, world_size);
-  int64_t global = cfg.train.global_batch_size > 0 ? cfg.train.global_batch_size
-                                                   : cfg.train.micro_batch_size * dp;
+  int64_t global =
+      cfg.train.global_batch_size > 0 ? cfg.train.global_batch_size : cfg.train.micro_batch_size * dp;
   return global / (cfg.train.micro_batch_size * dp);
 }
 
@@ -557,14 +597,15 @@ void validate_layout(const Config& cfg, int64_t world_size) {
     user_error("parallel.tp (", p.tp, ") x parallel.pp (", p.pp, ") must divide the number of processes (",
                world_size, "); valid: tp*pp*dp == ", world_size);
   if (m.num_heads % p.tp != 0 || m.kv_heads() % p.tp != 0)
-    user_error("parallel.tp (", p.tp, ") must divide model.num_heads (", m.num_heads, ") and model.num_kv_heads (",
-               m.kv_heads(), ")");
+    user_error("parallel.tp (", p.tp, ") must divide model.num_heads (", m.num_heads,
+               ") and model.num_kv_heads (", m.kv_heads(), ")");
   if (m.num_layers % (p.pp * p.virtual_stages) != 0)
-    user_error("model.num_layers (", m.num_layers, ") must be divisible by parallel.pp x parallel.virtual_stages (",
-               p.pp * p.virtual_stages, ")");
+    user_error("model.num_layers (", m.num_layers,
+               ") must be divisible by parallel.pp x parallel.virtual_stages (", p.pp * p.virtual_stages,
+               ")");
   int64_t dp = data_parallel_size(cfg, world_size);
-  int64_t global = cfg.train.global_batch_size > 0 ? cfg.train.global_batch_size
-                                                   : cfg.train.micro_batch_size * dp;
+  int64_t global =
+      cfg.train.global_batch_size > 0 ? cfg.train.global_batch_size : cfg.train.micro_batch_size * dp;
   if (global % (cfg.train.micro_batch_size * dp) != 0)
     user_error("train.global_batch_size (", global, ") must be a multiple of train.micro_batch_size (",
                cfg.train.micro_batch_size, ") x data-parallel size (", dp, ")");

@@ -37,7 +37,7 @@ template <typename... Args>
 
 }  // namespace kiln
 
-#define KILN_CHECK(cond, ...)                                                         \
-  do {                                                                                \
+#define KILN_CHECK(cond, ...)                                                             \
+  do {                                                                                    \
     if (!(cond)) ::kiln::fail_check(#cond, __FILE__, __LINE__, ::kiln::str(__VA_ARGS__)); \
   } while (0)

@@ -16,7 +16,8 @@
 namespace kiln {
 
 EvalResult evaluate_model(LlamaImpl& model, const Config& cfg, const c10::Device& device, Communicator* dp) {
-  if (cfg.data.eval.empty()) user_error("data.eval: not set; name the eval data (a .jsonl, data.json or prepared dir)");
+  if (cfg.data.eval.empty())
+    user_error("data.eval: not set; name the eval data (a .jsonl, data.json or prepared dir)");
   const bool was_training = model.is_training();
   model.eval();
   at::NoGradGuard no_grad;
@@ -24,7 +25,8 @@ EvalResult evaluate_model(LlamaImpl& model, const Config& cfg, const c10::Device
   at::Tensor sums = at::zeros({2}, at::kDouble);  // [loss sum, trained tokens]
   Batch b;
   while (loader.next(b)) {
-    Batch db{b.input_ids.to(device), b.labels.to(device), b.position_ids.to(device), b.packed, b.loss_tokens, {}};
+    Batch db{
+        b.input_ids.to(device), b.labels.to(device), b.position_ids.to(device), b.packed, b.loss_tokens, {}};
     sums[0] += lm_loss_sum(model.forward(db), db.labels).item<double>();
     sums[1] += static_cast<double>(b.loss_tokens);
   }
@@ -62,7 +64,8 @@ std::string generate_text(const Config& cfg, const std::string& prompt) {
   const auto& g = cfg.generate;
   for (int64_t i = 0; i < g.max_new_tokens; ++i) {
     // The window the model serves: the last max_seq_len tokens (no KV cache: small models).
-    const size_t start = ids.size() > static_cast<size_t>(cfg.model.max_seq_len) ? ids.size() - cfg.model.max_seq_len : 0;
+    const size_t start =
+        ids.size() > static_cast<size_t>(cfg.model.max_seq_len) ? ids.size() - cfg.model.max_seq_len : 0;
     std::vector<int64_t> window(ids.begin() + start, ids.end());
     const int64_t T = static_cast<int64_t>(window.size());
     Batch b;

@@ -25,7 +25,8 @@ const Verb kVerbs[] = {
     {"generate", kiln::cmd_generate, "generate CONFIG --prompt TEXT   continue a prompt"},
     {"export", kiln::cmd_export, "export CKPT_DIR --out DIR       write a Hugging Face checkpoint"},
     {"prep", kiln::cmd_prep, "prep DATA_JSON --tokenizer MODEL --out DIR   tokenize into a token store"},
-    {"tokenizer", kiln::cmd_tokenizer, "tokenizer train --input FILES --out PREFIX   train a sentencepiece BPE"},
+    {"tokenizer", kiln::cmd_tokenizer,
+     "tokenizer train --input FILES --out PREFIX   train a sentencepiece BPE"},
 };
 
 void usage() {
@@ -53,8 +54,7 @@ int main(int argc, char** argv) {
                    e.what_without_backtrace());
       return 3;
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "%skiln %s: internal error: %s\n", kiln::rank_prefix().c_str(), v.name,
-                   e.what());
+      std::fprintf(stderr, "%skiln %s: internal error: %s\n", kiln::rank_prefix().c_str(), v.name, e.what());
       return 3;
     }
   }

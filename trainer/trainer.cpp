@@ -52,7 +52,8 @@ std::string format_duration(double seconds) {
 int64_t peak_memory_bytes(const c10::Device& device) {
 #ifdef KILN_WITH_CUDA
   if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
+    const auto stats =
+        c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
     return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
   }
 #endif
@@ -60,7 +61,6 @@ int64_t peak_memory_bytes(const c10::Device& device) {
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<int64_t>(ru.ru_maxrss) * 1024;
 }
-
 
 // metrics.jsonl keeps the rows of steps <= `step` (a resumed run rewrites what follows).
 void truncate_metrics(const fs::path& path, int64_t step) {
@@ -87,7 +87,7 @@ void install_activation_checkpointing(LlamaImpl& model, const std::string& mode)
     const int64_t first_layer = model.stage().has_embedding ? 1 : 0;
     const int64_t end_layer = first_layer + static_cast<int64_t>(model.layers.size());
     model.set_unit_runner([first_layer, end_layer](int64_t unit, const at::Tensor& x,
-                                                    const std::function<at::Tensor(const at::Tensor&)>& fn) {
+                                                   const std::function<at::Tensor(const at::Tensor&)>& fn) {
       if (unit < first_layer || unit >= end_layer || !at::GradMode::is_enabled()) return fn(x);
       auto f = fn;
       return recompute({x}, [f](const std::vector<at::Tensor>& in) { return f(in[0]); });
@@ -110,11 +110,14 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   ComputeSetup setup = compute_setup(cfg);
   validate_layout(cfg, launch.world_size);
   if (cfg.parallel.tp > 1 || cfg.parallel.pp > 1)
-    user_error("parallel.tp / parallel.pp > 1: tensor and pipeline parallelism are not in this build yet; "
-               "valid: tp: 1, pp: 1 (data parallel with parallel.zero 0-3)");
+    user_error(
+        "parallel.tp / parallel.pp > 1: tensor and pipeline parallelism are not in this build yet; "
+        "valid: tp: 1, pp: 1 (data parallel with parallel.zero 0-3)");
   if (cfg.lora.rank > 0) user_error("lora.rank: LoRA is not in this build yet; valid: 0");
-  if (cfg.parallel.sequence_parallel) user_error("parallel.sequence_parallel: needs tensor parallelism, not in this build yet; valid: false");
-  if (cfg.train.eval_every > 0 && cfg.data.eval.empty()) user_error("train.eval_every: ", cfg.train.eval_every, " needs data.eval");
+  if (cfg.parallel.sequence_parallel)
+    user_error("parallel.sequence_parallel: needs tensor parallelism, not in this build yet; valid: false");
+  if (cfg.train.eval_every > 0 && cfg.data.eval.empty())
+    user_error("train.eval_every: ", cfg.train.eval_every, " needs data.eval");
   if (cfg.train.threads > 0) at::set_num_threads(static_cast<int>(cfg.train.threads));
 
   Mesh mesh(make_world_communicator(cfg.parallel.backend, setup.device.is_cuda(), cfg.parallel.timeout_s),
@@ -134,26 +137,29 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     std::ofstream(run_dir / "config.yaml") << config_yaml;
     log0("kiln train: ", cfg.source, " -> ", run_dir.string());
     log0("processes: ", where);
-    log0("layout: world ", launch.world_size, " = tp ", mesh.tp_size(), " x pp ", mesh.pp_size(), " x dp ", dp_size,
-         ", ZeRO-", cfg.parallel.zero, ", ", accum, " micro-batches of ", cfg.train.micro_batch_size,
+    log0("layout: world ", launch.world_size, " = tp ", mesh.tp_size(), " x pp ", mesh.pp_size(), " x dp ",
+         dp_size, ", ZeRO-", cfg.parallel.zero, ", ", accum, " micro-batches of ", cfg.train.micro_batch_size,
          " per rank per step, global batch ", global_batch, " x ", cfg.data.seq_len, " tokens, ",
          setup.device.is_cuda() ? "cuda" : "cpu", " ", c10::toString(setup.dtype));
   }
 
   // Resume point: a checkpoint of this run, or an explicit directory.
   std::string resume_dir;
-  if (cfg.train.resume == "auto") resume_dir = latest_checkpoint(cfg.train.run_dir);
+  if (cfg.train.resume == "auto")
+    resume_dir = latest_checkpoint(cfg.train.run_dir);
   else if (cfg.train.resume != "never") {
     resume_dir = cfg.train.resume;
     if (!fs::exists(fs::path(resume_dir) / "state.json"))
-      user_error("train.resume: ", resume_dir, " is not a checkpoint directory (no state.json); valid: auto | never | DIR");
+      user_error("train.resume: ", resume_dir,
+                 " is not a checkpoint directory (no state.json); valid: auto | never | DIR");
   }
 
   std::string weights_from;
   Llama model = build_model(cfg, /*prefer_run_dir=*/false, &weights_from);
-  ZeroOptimizer optimizer(*model, dp, static_cast<int>(cfg.parallel.zero), cfg.parallel.bucket_mb << 20,
-                          AdamWOptions{cfg.train.weight_decay, cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps},
-                          cfg.parallel.zero3_keep_gathered);
+  ZeroOptimizer optimizer(
+      *model, dp, static_cast<int>(cfg.parallel.zero), cfg.parallel.bucket_mb << 20,
+      AdamWOptions{cfg.train.weight_decay, cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps},
+      cfg.parallel.zero3_keep_gathered);
   DataLoader loader(cfg, mesh.coords().dp, dp_size, global_batch);
 
   int64_t start_step = 0;
@@ -232,7 +238,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
       Batch db = to_device(std::move(batches[i]), setup.device);
       at::Tensor logits = model->forward(db);
       at::Tensor loss = (per_sample ? lm_loss_weighted_sum(logits, db.labels, weights[i])
-                                    : lm_loss_sum(logits, db.labels)) / divisor;
+                                    : lm_loss_sum(logits, db.labels)) /
+                        divisor;
       loss.backward();
       loss_part += loss.item<double>();
     }
@@ -248,11 +255,14 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
       optimizer.zero_grad();
       log0("step ", step + 1, ": non-finite gradient norm, update skipped (", skipped_in_row, " in a row)");
       if (skipped_in_row > cfg.train.max_skipped_steps)
-        user_error("training diverged: ", skipped_in_row, " steps in a row with non-finite gradients "
-                   "(train.max_skipped_steps: ", cfg.train.max_skipped_steps, ")");
+        user_error("training diverged: ", skipped_in_row,
+                   " steps in a row with non-finite gradients "
+                   "(train.max_skipped_steps: ",
+                   cfg.train.max_skipped_steps, ")");
     } else {
       skipped_in_row = 0;
-      const double scale = cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip ? cfg.train.grad_clip / (norm + 1e-6) : 1.0;
+      const double scale =
+          cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip ? cfg.train.grad_clip / (norm + 1e-6) : 1.0;
       optimizer.step(lr, scale);
     }
     const int64_t step_tokens = global_batch * cfg.data.seq_len;
@@ -268,9 +278,14 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     const double elapsed = std::chrono::duration<double>(t1 - run_start).count();
     const double eta = elapsed / steps_this_run * (cfg.train.steps - step - 1);
     if (rank0) {
-      nlohmann::json row = {{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-                            {"loss_tokens", static_cast<int64_t>(global_loss_tokens)}, {"tokens", tokens_seen},
-                            {"tokens_per_s", step_tokens / dt}, {"step_s", dt},
+      nlohmann::json row = {{"step", step + 1},
+                            {"loss", loss},
+                            {"lr", lr},
+                            {"grad_norm", norm},
+                            {"loss_tokens", static_cast<int64_t>(global_loss_tokens)},
+                            {"tokens", tokens_seen},
+                            {"tokens_per_s", step_tokens / dt},
+                            {"step_s", dt},
                             {"peak_mem_bytes", peak_memory_bytes(setup.device)}};
       for (size_t s = 0; s < sources.size() && s < source_tokens.size(); ++s)
         row["source_tokens"][sources[s]] = source_tokens[s];
@@ -278,10 +293,12 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
       metrics << row.dump() << "\n" << std::flush;
       if ((step + 1) % cfg.train.log_every == 0 || step + 1 == cfg.train.steps) {
         char line[256];
-        std::snprintf(line, sizeof(line),
-                      "step %lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | peak mem %.2f GiB | eta %s",
-                      static_cast<long long>(step + 1), static_cast<long long>(cfg.train.steps), loss, lr, norm,
-                      step_tokens / dt, peak_memory_bytes(setup.device) / double(1 << 30), format_duration(eta).c_str());
+        std::snprintf(
+            line, sizeof(line),
+            "step %lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | peak mem %.2f GiB | eta %s",
+            static_cast<long long>(step + 1), static_cast<long long>(cfg.train.steps), loss, lr, norm,
+            step_tokens / dt, peak_memory_bytes(setup.device) / double(1 << 30),
+            format_duration(eta).c_str());
         log0(line);
       }
     }
@@ -289,15 +306,18 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     if (cfg.train.eval_every > 0 && ((step + 1) % cfg.train.eval_every == 0 || step + 1 == cfg.train.steps)) {
       EvalResult ev = evaluate_model(*model, cfg, setup.device, &dp);
       log0("eval at step ", step + 1, ": loss ", ev.loss, " over ", ev.tokens, " tokens");
-      if (rank0) metrics << nlohmann::json{{"step", step + 1}, {"eval_loss", ev.loss}, {"eval_tokens", ev.tokens}}.dump() << "\n" << std::flush;
+      if (rank0)
+        metrics
+            << nlohmann::json{{"step", step + 1}, {"eval_loss", ev.loss}, {"eval_tokens", ev.tokens}}.dump()
+            << "\n"
+            << std::flush;
     }
     const bool last = step + 1 == cfg.train.steps;
     const bool exit_now = opts.exit_after > 0 && steps_this_run >= opts.exit_after;
     at::Tensor stop = at::full({1}, static_cast<double>(g_stop_signal.load()), at::kDouble);
     all_reduce_host(world, stop, setup.device, ReduceOp::Max);  // every rank stops at the same step
     const bool signalled = stop.item<double>() > 0;
-    if (last || exit_now || signalled ||
-        (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0))
+    if (last || exit_now || signalled || (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0))
       save(step + 1);
     if (signalled) {
       log0("stopping on signal after step ", step + 1, " (checkpoint saved; `kiln train` resumes)");

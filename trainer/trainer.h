@@ -17,9 +17,9 @@ struct TrainOptions {
 };
 
 struct TrainResult {
-  int64_t first_step = 0;        // step the run started from (> 0 after a resume)
-  int64_t last_step = 0;         // steps completed
-  std::vector<double> losses;    // [step - first_step] mean loss over the global batch
+  int64_t first_step = 0;      // step the run started from (> 0 after a resume)
+  int64_t last_step = 0;       // steps completed
+  std::vector<double> losses;  // [step - first_step] mean loss over the global batch
 };
 
 TrainResult train(const Config& cfg, const TrainOptions& opts = {});

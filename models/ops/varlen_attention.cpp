@@ -35,7 +35,8 @@ VarlenLayout varlen_layout(const at::Tensor& position_ids) {
   std::vector<int32_t> cu = cu_seqlens_from_positions(pos.data_ptr<int64_t>(), pos.size(0), pos.size(1));
   VarlenLayout out;
   out.num_docs = static_cast<int64_t>(cu.size()) - 1;
-  for (int64_t d = 0; d < out.num_docs; ++d) out.max_seqlen = std::max<int64_t>(out.max_seqlen, cu[d + 1] - cu[d]);
+  for (int64_t d = 0; d < out.num_docs; ++d)
+    out.max_seqlen = std::max<int64_t>(out.max_seqlen, cu[d + 1] - cu[d]);
   out.cu_seqlens = at::tensor(cu, at::kInt).to(position_ids.device());  // (docs + 1)
   return out;
 }

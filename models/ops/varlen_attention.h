@@ -14,8 +14,8 @@
 namespace kiln {
 
 struct VarlenLayout {
-  at::Tensor cu_seqlens;    // (docs + 1) int32 on the device of position_ids: 0, end of doc 0, ..., B*T
-  int64_t max_seqlen = 0;   // tokens in the longest document
+  at::Tensor cu_seqlens;   // (docs + 1) int32 on the device of position_ids: 0, end of doc 0, ..., B*T
+  int64_t max_seqlen = 0;  // tokens in the longest document
   int64_t num_docs = 0;
 };
 

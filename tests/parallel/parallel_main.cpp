@@ -29,8 +29,8 @@ std::unique_ptr<Communicator> g_world;
 class RankFailurePrinter : public ::testing::EmptyTestEventListener {
   void OnTestPartResult(const ::testing::TestPartResult& r) override {
     if (!r.failed()) return;
-    std::fprintf(stderr, "%s%s:%d: failure\n%s\n", rank_prefix().c_str(),
-                 r.file_name() ? r.file_name() : "?", r.line_number(), r.summary());
+    std::fprintf(stderr, "%s%s:%d: failure\n%s\n", rank_prefix().c_str(), r.file_name() ? r.file_name() : "?",
+                 r.line_number(), r.summary());
   }
 };
 
@@ -39,7 +39,7 @@ int run_fault(const std::string& mode, double timeout_s) {
   at::Tensor t = at::ones({4});
   g_world->all_reduce(t);  // one good step
   if (g_world->rank() == 1) {
-    if (mode == "exit") std::_Exit(3);  // no MPI_Finalize, no destructors
+    if (mode == "exit") std::_Exit(3);     // no MPI_Finalize, no destructors
     if (mode == "finalize") std::exit(3);  // static destructors run: MPI_Finalize
     if (mode == "abort") std::abort();
     if (mode == "hang") std::this_thread::sleep_for(std::chrono::hours(1));

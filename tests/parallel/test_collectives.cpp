@@ -41,8 +41,7 @@ TEST(Collectives, AllReduceMaxAndMin) {
     at::Tensor mx = t.clone(), mn = t.clone();
     world().all_reduce(mx, ReduceOp::Max);
     world().all_reduce(mn, ReduceOp::Min);
-    EXPECT_EQ(values(mx), (std::vector<double>{10.0 * (n - 1), 10.0 * (n - 1) + 1,
-                                               10.0 * (n - 1) + 2, 0.0}))
+    EXPECT_EQ(values(mx), (std::vector<double>{10.0 * (n - 1), 10.0 * (n - 1) + 1, 10.0 * (n - 1) + 2, 0.0}))
         << dt;
     EXPECT_EQ(values(mn), (std::vector<double>{0, 1, 2, -(n - 1.0)})) << dt;
   }
@@ -132,8 +131,7 @@ TEST(Collectives, BroadcastFromEveryRoot) {
     for (int root = 0; root < n; ++root) {
       at::Tensor t = at::arange(4, opts(dt)).add(7 * r);  // only root's values survive
       world().broadcast(t, root);
-      EXPECT_EQ(values(t), (std::vector<double>{7.0 * root, 7.0 * root + 1, 7.0 * root + 2,
-                                                7.0 * root + 3}))
+      EXPECT_EQ(values(t), (std::vector<double>{7.0 * root, 7.0 * root + 1, 7.0 * root + 2, 7.0 * root + 3}))
           << dt << " root " << root;
     }
   }

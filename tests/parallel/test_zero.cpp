@@ -32,8 +32,7 @@ void expect_equivalent(const ZeroRunResult& got, const ZeroRunResult& want) {
   ASSERT_EQ(got.params.size(), want.params.size());
   for (size_t i = 0; i < want.params.size(); ++i) {
     EXPECT_EQ(got.params[i].first, want.params[i].first);
-    EXPECT_LE(relative_error(got.params[i].second, want.params[i].second), 1e-5)
-        << want.params[i].first;
+    EXPECT_LE(relative_error(got.params[i].second, want.params[i].second), 1e-5) << want.params[i].first;
   }
 }
 

@@ -28,7 +28,7 @@ struct ZeroRunSpec {
   int64_t layers = 2;
   bool tied = false;
   double lr = 1e-2;
-  double clip = 0.5;          // small enough to clip in the first steps
+  double clip = 0.5;            // small enough to clip in the first steps
   int64_t bucket_bytes = 1024;  // small buckets: several per step
   bool keep_gathered = false;   // ZeRO-3: units stay gathered from forward to backward
   // eps 1e-6, not 1e-8: with a tiny eps Adam's first updates are g / (|g| + eps), so a gradient
@@ -58,8 +58,7 @@ inline ModelConfig tiny_model_config(const ZeroRunSpec& spec) {
 
 // Rows [first, first + count) of step `step`'s global batch: random tokens, the same on every
 // rank and for every layout. Two batches alternate, so that the loss falls within 5 steps.
-inline Batch rows_of_step(int step, int64_t first, int64_t count, const ZeroRunSpec& spec,
-                          int64_t vocab) {
+inline Batch rows_of_step(int step, int64_t first, int64_t count, const ZeroRunSpec& spec, int64_t vocab) {
   at::Generator gen = at::detail::createCPUGenerator(/*seed_in=*/9000 + step % 2);
   at::Tensor all = at::randint(vocab, {spec.global_batch, spec.seq_len + 1}, gen, at::kLong);
   at::Tensor rows = all.narrow(0, first, count);

@@ -19,9 +19,10 @@ std::string error_of(const std::string& yaml, const std::vector<std::string>& se
 }
 
 TEST(Config, DefaultsAndValues) {
-  Config c = parse_config("model:\n  hidden_size: 32\n  num_heads: 4\n  num_kv_heads: 2\n"
-                          "train:\n  lr: 1e-3\n  steps: 7\n  betas: [0.8, 0.9]\n",
-                          "cfg.yaml");
+  Config c = parse_config(
+      "model:\n  hidden_size: 32\n  num_heads: 4\n  num_kv_heads: 2\n"
+      "train:\n  lr: 1e-3\n  steps: 7\n  betas: [0.8, 0.9]\n",
+      "cfg.yaml");
   EXPECT_EQ(c.model.hidden_size, 32);
   EXPECT_EQ(c.model.kv_heads(), 2);
   EXPECT_DOUBLE_EQ(c.train.lr, 1e-3);
@@ -56,7 +57,8 @@ TEST(Config, OutOfRangeNamesValidRange) {
   e = error_of("train:\n  lr: 0\n");
   EXPECT_NE(e.find("train.lr: 0 is out of range; valid: > 0"), std::string::npos) << e;
   e = error_of("train:\n  schedule: cosin\n");
-  EXPECT_NE(e.find("train.schedule: 'cosin' is not one of cosine | linear | constant"), std::string::npos) << e;
+  EXPECT_NE(e.find("train.schedule: 'cosin' is not one of cosine | linear | constant"), std::string::npos)
+      << e;
 }
 
 TEST(Config, SetOverridesAreTypedAndChecked) {
@@ -74,8 +76,10 @@ TEST(Config, SetOverridesAreTypedAndChecked) {
 TEST(Config, CrossKeyAndLayoutChecks) {
   EXPECT_NE(error_of("model:\n  hidden_size: 30\n  num_heads: 4\n").find("divisible by model.num_heads"),
             std::string::npos);
-  EXPECT_NE(error_of("model:\n  num_heads: 4\n  num_kv_heads: 3\n").find("model.num_kv_heads"), std::string::npos);
-  EXPECT_NE(error_of("data:\n  seq_len: 1000\nmodel:\n  max_seq_len: 512\n").find("data.seq_len"), std::string::npos);
+  EXPECT_NE(error_of("model:\n  num_heads: 4\n  num_kv_heads: 3\n").find("model.num_kv_heads"),
+            std::string::npos);
+  EXPECT_NE(error_of("data:\n  seq_len: 1000\nmodel:\n  max_seq_len: 512\n").find("data.seq_len"),
+            std::string::npos);
   Config c = parse_config("model:\n  num_layers: 3\n", "cfg.yaml", {"parallel.pp=2"});
   try {
     validate_layout(c, 2);

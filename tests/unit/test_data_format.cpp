@@ -1,9 +1,9 @@
 // Data tests: tokenizer, sample formats, chat templates and golden per-token loss masks.
 #include <gtest/gtest.h>
 
+#include <sentencepiece_trainer.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sentencepiece_trainer.h>
 
 #include "data/chat_template.h"
 #include "data/sample_format.h"
@@ -56,7 +56,8 @@ TEST(DataTokenizer, RoundTripAndSpecialPiecesByName) {
     tok.require_piece("<|nope|>", "template custom");
     FAIL() << "expected a UserError";
   } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("template custom needs the special token <|nope|>"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("template custom needs the special token <|nope|>"),
+              std::string::npos)
         << e.what();
   }
 }
@@ -64,8 +65,14 @@ TEST(DataTokenizer, RoundTripAndSpecialPiecesByName) {
 TEST(DataTokenizer, WordCacheGivesExactlyThePlainIds) {
   const Tokenizer& tok = tokenizer();
   ASSERT_TRUE(tok.word_cache());  // kiln-trained: BPE, identity normalization, no dummy prefix
-  std::vector<std::string> texts = {"a  b", "  two leading", "trailing  ", " ", "", "tab\tand\nnewline here",
-                                    "<_user>q one<_bot>a one <_end>", "€ 床前明月光，疑是地上霜。 x",
+  std::vector<std::string> texts = {"a  b",
+                                    "  two leading",
+                                    "trailing  ",
+                                    " ",
+                                    "",
+                                    "tab\tand\nnewline here",
+                                    "<_user>q one<_bot>a one <_end>",
+                                    "€ 床前明月光，疑是地上霜。 x",
                                     std::string(200, 'a') + " " + std::string(100, ' ') + "z"};
   std::ifstream in(test::fixture("tokenizer_corpus.txt"));
   for (std::string l; std::getline(in, l);) texts.push_back(l);
@@ -77,7 +84,8 @@ TEST(DataTokenizer, NoWordCacheForNormalizingModels) {
   // sentencepiece's defaults (nmt_nfkc, dummy prefix, extra whitespace removed): encoding word
   // by word would differ, so the cache stays off.
   test::TempDir tmp;
-  const std::string args = "--input=" + test::fixture("tokenizer_corpus.txt") + " --model_prefix=" + (tmp / "llama") +
+  const std::string args = "--input=" + test::fixture("tokenizer_corpus.txt") +
+                           " --model_prefix=" + (tmp / "llama") +
                            " --vocab_size=400 --model_type=bpe --character_coverage=1.0 --minloglevel=2";
   ASSERT_TRUE(sentencepiece::SentencePieceTrainer::Train(args).ok());
   Tokenizer llama_like(tmp / "llama.model");
@@ -115,25 +123,32 @@ TEST(DataFormat, ParsesEveryFormatSingleAndMultiTurn) {
   Sample t = parse_sample(json::parse(R"({"text":"hello world"})"), "text");
   EXPECT_TRUE(t.is_text);
   EXPECT_EQ(t.text, "hello world");
-  EXPECT_EQ(turns_of(parse_sample(json::parse(R"({"instruction":"Translate","input":"cat","output":"chat"})"), "alpaca")),
+  EXPECT_EQ(turns_of(parse_sample(json::parse(R"({"instruction":"Translate","input":"cat","output":"chat"})"),
+                                  "alpaca")),
             "user:Translate\ncat|assistant:chat|");
   EXPECT_EQ(turns_of(parse_sample(json::parse(R"({"instruction":"Say hi","output":"hi"})"), "alpaca")),
             "user:Say hi|assistant:hi|");
   EXPECT_EQ(turns_of(parse_sample(json::parse(R"({"input":"q one","output":"a one"})"), "telechat")),
             "user:q one|assistant:a one|");
-  EXPECT_EQ(turns_of(parse_sample(json::parse(R"({"input":"<_user>q one<_bot>a one<_end><_user>q two<_bot>","output":"a two"})"),
-                                  "telechat")),
-            "user:q one|assistant:a one|user:q two|assistant:a two|");
+  EXPECT_EQ(
+      turns_of(parse_sample(
+          json::parse(R"({"input":"<_user>q one<_bot>a one<_end><_user>q two<_bot>","output":"a two"})"),
+          "telechat")),
+      "user:q one|assistant:a one|user:q two|assistant:a two|");
   EXPECT_EQ(turns_of(parse_sample(json::parse(R"({"input":"<_user>q one","output":"a one"})"), "telechat")),
             "user:q one|assistant:a one|");
-  EXPECT_EQ(turns_of(parse_sample(
-                json::parse(R"({"system":"Be brief.","conversation":[{"human":"q one","assistant":"a one"},{"human":"q two","assistant":"a two"}]})"),
-                "firefly")),
-            "system:Be brief.|user:q one|assistant:a one|user:q two|assistant:a two|");
-  EXPECT_EQ(turns_of(parse_sample(
-                json::parse(R"({"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"q one"},{"role":"assistant","content":"a one"}]})"),
-                "messages")),
-            "system:Be brief.|user:q one|assistant:a one|");
+  EXPECT_EQ(
+      turns_of(parse_sample(
+          json::parse(
+              R"({"system":"Be brief.","conversation":[{"human":"q one","assistant":"a one"},{"human":"q two","assistant":"a two"}]})"),
+          "firefly")),
+      "system:Be brief.|user:q one|assistant:a one|user:q two|assistant:a two|");
+  EXPECT_EQ(
+      turns_of(parse_sample(
+          json::parse(
+              R"({"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"q one"},{"role":"assistant","content":"a one"}]})"),
+          "messages")),
+      "system:Be brief.|user:q one|assistant:a one|");
 }
 
 std::string sample_error(const std::string& line, const std::string& format) {
@@ -162,7 +177,8 @@ TEST(DataFormat, FieldErrorsSayWhatIsWrong) {
   EXPECT_EQ(sample_error(R"({"input":"<_user>q<_bot>a","output":"b"})", "telechat"),
             "field \"input\": the answer at byte 14 lacks its <_end>");
   EXPECT_EQ(sample_error(R"({"input":"x<_user>q","output":"b"})", "telechat"),
-            "field \"input\": expected <_user> at byte 0 (history is <_user>q<_bot>a<_end>... ending with <_user>q<_bot>)");
+            "field \"input\": expected <_user> at byte 0 (history is <_user>q<_bot>a<_end>... ending with "
+            "<_user>q<_bot>)");
   EXPECT_EQ(sample_error(R"(["text"])", "text"), "expected a JSON object, got array");
 }
 
@@ -178,9 +194,9 @@ TEST(DataFormat, Utf8Validation) {
     return std::string("valid");
   };
   EXPECT_EQ(bad("ab\xff"), "invalid UTF-8 at byte 3");
-  EXPECT_EQ(bad("a\xe5\xba"), "invalid UTF-8 at byte 2");       // truncated sequence
-  EXPECT_EQ(bad("\xc0\xaf"), "invalid UTF-8 at byte 1");         // overlong "/"
-  EXPECT_EQ(bad("x\xed\xa0\x80"), "invalid UTF-8 at byte 2");    // surrogate
+  EXPECT_EQ(bad("a\xe5\xba"), "invalid UTF-8 at byte 2");      // truncated sequence
+  EXPECT_EQ(bad("\xc0\xaf"), "invalid UTF-8 at byte 1");       // overlong "/"
+  EXPECT_EQ(bad("x\xed\xa0\x80"), "invalid UTF-8 at byte 2");  // surrogate
 }
 
 struct GoldenCase {
@@ -189,20 +205,15 @@ struct GoldenCase {
 
 TEST(DataTemplate, GoldenMasksEveryTemplateSingleAndMultiTurn) {
   const std::vector<GoldenCase> cases = {
-      {"firefly", "single", "all_turns",
-       "<s>hi there</s>[hello</s>]"},
-      {"firefly", "multi", "all_turns",
-       "<s>q one</s>[a one</s>]q two</s>[a two</s>]"},
-      {"firefly", "multi", "last_turn",
-       "<s>q one</s>a one</s>q two</s>[a two</s>]"},
-      {"xuanyuan", "single", "all_turns",
-       "<s>{XS} Human: hi there Assistant:[ hello</s>]"},
+      {"firefly", "single", "all_turns", "<s>hi there</s>[hello</s>]"},
+      {"firefly", "multi", "all_turns", "<s>q one</s>[a one</s>]q two</s>[a two</s>]"},
+      {"firefly", "multi", "last_turn", "<s>q one</s>a one</s>q two</s>[a two</s>]"},
+      {"xuanyuan", "single", "all_turns", "<s>{XS} Human: hi there Assistant:[ hello</s>]"},
       {"xuanyuan", "multi", "all_turns",
        "<s>{XS} Human: q one Assistant:[ a one</s>]Human: q two Assistant:[ a two</s>]"},
       {"xuanyuan", "multi", "last_turn",
        "<s>{XS} Human: q one Assistant: a one</s>Human: q two Assistant:[ a two</s>]"},
-      {"llama2", "single", "all_turns",
-       "<s>[INST] hi there [/INST][ hello</s>]"},
+      {"llama2", "single", "all_turns", "<s>[INST] hi there [/INST][ hello</s>]"},
       {"llama2", "multi", "all_turns",
        "<s>[INST] q one [/INST][ a one</s>]<s>[INST] q two [/INST][ a two</s>]"},
       {"llama2", "multi", "last_turn",
@@ -210,17 +221,15 @@ TEST(DataTemplate, GoldenMasksEveryTemplateSingleAndMultiTurn) {
       {"chatml", "single", "all_turns",
        "<s><|im_start|>user\\nhi there<|im_end|>\\n<|im_start|>assistant\\n[hello<|im_end|>]\\n"},
       {"chatml", "multi", "all_turns",
-       "<s><|im_start|>user\\nq one<|im_end|>\\n<|im_start|>assistant\\n[a one<|im_end|>]\\n<|im_start|>user\\nq two<|im_end|>\\n<|im_start|>assistant\\n[a two<|im_end|>]\\n"},
+       "<s><|im_start|>user\\nq one<|im_end|>\\n<|im_start|>assistant\\n[a "
+       "one<|im_end|>]\\n<|im_start|>user\\nq two<|im_end|>\\n<|im_start|>assistant\\n[a two<|im_end|>]\\n"},
       {"chatml", "multi", "last_turn",
-       "<s><|im_start|>user\\nq one<|im_end|>\\n<|im_start|>assistant\\na one<|im_end|>\\n<|im_start|>user\\nq two<|im_end|>\\n<|im_start|>assistant\\n[a two<|im_end|>]\\n"},
-      {"telechat", "single", "all_turns",
-       "<s><_user>hi there<_bot>[hello<_end>]"},
-      {"telechat", "multi", "all_turns",
-       "<s><_user>q one<_bot>[a one<_end>]<_user>q two<_bot>[a two<_end>]"},
-      {"telechat", "multi", "last_turn",
-       "<s><_user>q one<_bot>a one<_end><_user>q two<_bot>[a two<_end>]"},
-      {"firefly", "multi", "all_tokens",
-       "[<s>q one</s>a one</s>q two</s>a two</s>]"},
+       "<s><|im_start|>user\\nq one<|im_end|>\\n<|im_start|>assistant\\na "
+       "one<|im_end|>\\n<|im_start|>user\\nq two<|im_end|>\\n<|im_start|>assistant\\n[a two<|im_end|>]\\n"},
+      {"telechat", "single", "all_turns", "<s><_user>hi there<_bot>[hello<_end>]"},
+      {"telechat", "multi", "all_turns", "<s><_user>q one<_bot>[a one<_end>]<_user>q two<_bot>[a two<_end>]"},
+      {"telechat", "multi", "last_turn", "<s><_user>q one<_bot>a one<_end><_user>q two<_bot>[a two<_end>]"},
+      {"firefly", "multi", "all_tokens", "[<s>q one</s>a one</s>q two</s>a two</s>]"},
   };
   // xuanyuan's default system message (FastChat's), rendered
   const std::string xs =
@@ -237,30 +246,29 @@ TEST(DataTemplate, GoldenMasksEveryTemplateSingleAndMultiTurn) {
 TEST(DataTemplate, GoldenSystemMessages) {
   Sample s = single_turn();
   s.system = "Be brief.";
-  EXPECT_EQ(golden("firefly", s, "all_turns"),
-            "<s>Be brief.</s>hi there</s>[hello</s>]");
-  EXPECT_EQ(golden("xuanyuan", s, "all_turns"),
-            "<s>Be brief. Human: hi there Assistant:[ hello</s>]");
+  EXPECT_EQ(golden("firefly", s, "all_turns"), "<s>Be brief.</s>hi there</s>[hello</s>]");
+  EXPECT_EQ(golden("xuanyuan", s, "all_turns"), "<s>Be brief. Human: hi there Assistant:[ hello</s>]");
   EXPECT_EQ(golden("llama2", s, "all_turns"),
             "<s>[INST] <<SYS>>\\nBe brief.\\n<</SYS>>\\n\\nhi there [/INST][ hello</s>]");
   EXPECT_EQ(golden("chatml", s, "all_turns"),
-            "<s><|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nhi there<|im_end|>\\n<|im_start|>assistant\\n[hello<|im_end|>]\\n");
+            "<s><|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nhi "
+            "there<|im_end|>\\n<|im_start|>assistant\\n[hello<|im_end|>]\\n");
   EXPECT_EQ(golden("telechat", s, "all_turns"),
             "<s><_user>hi there<_bot>[hello<_end>]");  // telechat has no system slot
 }
 
 TEST(DataTemplate, GoldenCustomTemplateFromYaml) {
-  const std::map<std::string, std::string> custom = {
-      {"bos", "false"},
-      {"system", "<|im_start|>{content}\n"},
-      {"default_system", "You are a helpful assistant."},
-      {"user", "<_user>{content}"},
-      {"assistant", "<_bot>{content}"},
-      {"end_of_turn", "<_end>"},
-      {"after_turn", "\n"},
-      {"specials", "<_user>,<_bot>,<_end>,<|im_start|>"}};
+  const std::map<std::string, std::string> custom = {{"bos", "false"},
+                                                     {"system", "<|im_start|>{content}\n"},
+                                                     {"default_system", "You are a helpful assistant."},
+                                                     {"user", "<_user>{content}"},
+                                                     {"assistant", "<_bot>{content}"},
+                                                     {"end_of_turn", "<_end>"},
+                                                     {"after_turn", "\n"},
+                                                     {"specials", "<_user>,<_bot>,<_end>,<|im_start|>"}};
   EXPECT_EQ(golden("custom", multi_turn(), "all_turns", custom),
-            "<|im_start|>You are a helpful assistant.\\n<_user>q one<_bot>[a one<_end>]\\n<_user>q two<_bot>[a two<_end>]\\n");
+            "<|im_start|>You are a helpful assistant.\\n<_user>q one<_bot>[a one<_end>]\\n<_user>q "
+            "two<_bot>[a two<_end>]\\n");
   EXPECT_EQ(golden("custom", single_turn(), "last_turn", custom),
             "<|im_start|>You are a helpful assistant.\\n<_user>hi there<_bot>[hello<_end>]\\n");
 }
@@ -270,17 +278,19 @@ TEST(DataTemplate, GoldenEveryFormatThroughFirefly) {
   auto run = [&](const std::string& line, const std::string& fmt) {
     return render(tokenizer(), enc.encode(parse_sample(json::parse(line), fmt)));
   };
-  EXPECT_EQ(run(R"({"text":"hello world"})", "text"),
-            "[<s>hello world</s>]");
+  EXPECT_EQ(run(R"({"text":"hello world"})", "text"), "[<s>hello world</s>]");
   EXPECT_EQ(run(R"({"instruction":"Translate to French:","input":"cat","output":"Chat."})", "alpaca"),
             "<s>Translate to French:\\ncat</s>[Chat.</s>]");
-  EXPECT_EQ(run(R"({"input":"q one","output":"a one"})", "telechat"),
-            "<s>q one</s>[a one</s>]");
-  EXPECT_EQ(run(R"({"input":"<_user>q one<_bot>a one<_end><_user>q two<_bot>","output":"a two"})", "telechat"),
-            "<s>q one</s>[a one</s>]q two</s>[a two</s>]");
-  EXPECT_EQ(run(R"({"conversation":[{"human":"q one","assistant":"a one"},{"human":"q two","assistant":"a two"}]})", "firefly"),
-            "<s>q one</s>[a one</s>]q two</s>[a two</s>]");
-  EXPECT_EQ(run(R"({"messages":[{"role":"user","content":"q one"},{"role":"assistant","content":"a one"}]})", "messages"),
+  EXPECT_EQ(run(R"({"input":"q one","output":"a one"})", "telechat"), "<s>q one</s>[a one</s>]");
+  EXPECT_EQ(
+      run(R"({"input":"<_user>q one<_bot>a one<_end><_user>q two<_bot>","output":"a two"})", "telechat"),
+      "<s>q one</s>[a one</s>]q two</s>[a two</s>]");
+  EXPECT_EQ(
+      run(R"({"conversation":[{"human":"q one","assistant":"a one"},{"human":"q two","assistant":"a two"}]})",
+          "firefly"),
+      "<s>q one</s>[a one</s>]q two</s>[a two</s>]");
+  EXPECT_EQ(run(R"({"messages":[{"role":"user","content":"q one"},{"role":"assistant","content":"a one"}]})",
+                "messages"),
             "<s>q one</s>[a one</s>]");
 }
 
@@ -308,24 +318,31 @@ TEST(DataTemplate, UnknownTemplateAndBadCustomKeys) {
     return std::string("no error");
   };
   EXPECT_EQ(err("vicuna", {}),
-            "data.template: unknown template \"vicuna\" (expected firefly, xuanyuan, llama2, chatml, telechat or custom)");
-  EXPECT_EQ(err("custom", {{"user", "{content}"}, {"asistant", "x"}}),
-            "data.custom_template.asistant: unknown key (expected bos, default_system, system, user, assistant, "
-            "end_of_turn, after_turn, system_in_first_user, specials)");
+            "data.template: unknown template \"vicuna\" (expected firefly, xuanyuan, llama2, chatml, "
+            "telechat or custom)");
+  EXPECT_EQ(
+      err("custom", {{"user", "{content}"}, {"asistant", "x"}}),
+      "data.custom_template.asistant: unknown key (expected bos, default_system, system, user, assistant, "
+      "end_of_turn, after_turn, system_in_first_user, specials)");
   EXPECT_EQ(err("custom", {{"user", "no placeholder"}}),
             "data.custom_template.user: must contain {content}, got \"no placeholder\"");
   try {
-    SampleEncoder enc(tokenizer(), chat_template("custom", {{"user", "<|u|>{content}"}, {"specials", "<|u|>"}}), "all_turns");
+    SampleEncoder enc(tokenizer(),
+                      chat_template("custom", {{"user", "<|u|>{content}"}, {"specials", "<|u|>"}}),
+                      "all_turns");
     FAIL();
   } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find(": template custom needs the special token <|u|> which this tokenizer lacks"),
-              std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(
+                  ": template custom needs the special token <|u|> which this tokenizer lacks"),
+              std::string::npos)
+        << e.what();
   }
   try {
     SampleEncoder enc(tokenizer(), chat_template("firefly", {}), "every_token");
     FAIL();
   } catch (const UserError& e) {
-    EXPECT_EQ(std::string(e.what()), "data.loss: unknown loss \"every_token\" (expected all_tokens, all_turns or last_turn)");
+    EXPECT_EQ(std::string(e.what()),
+              "data.loss: unknown loss \"every_token\" (expected all_tokens, all_turns or last_turn)");
   }
 }
 }  // namespace

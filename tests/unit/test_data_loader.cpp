@@ -2,8 +2,8 @@
 // for 1, 2 and 4 data-parallel ranks, exact resume, packing efficiency and the eval loader.
 #include <gtest/gtest.h>
 
-#include <ATen/ops/tensor.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/tensor.h>
 
 #include <nlohmann/json.hpp>
 
@@ -58,7 +58,8 @@ TEST(DataBatch, LabelsMasksPositionsAndPadding) {
   const Batch batch = make_batch(store, {{{0, 1, a}, {1, 2, b}}, {}}, T, store.pad_id());
   ASSERT_EQ(batch.input_ids.sizes(), (std::vector<int64_t>{2, T}));
   EXPECT_TRUE(batch.packed);
-  const auto in = row_of(batch.input_ids, 0), lab = row_of(batch.labels, 0), pos = row_of(batch.position_ids, 0);
+  const auto in = row_of(batch.input_ids, 0), lab = row_of(batch.labels, 0),
+             pos = row_of(batch.position_ids, 0);
   int64_t loss = 0;
   for (int64_t k = 0; k + 1 < a; ++k) {  // pretraining text: every next token is a label
     EXPECT_EQ(in[k], text.doc_tokens(1)[k]);
@@ -66,7 +67,7 @@ TEST(DataBatch, LabelsMasksPositionsAndPadding) {
     EXPECT_EQ(pos[k], k);
     ++loss;
   }
-  EXPECT_EQ(lab[a - 2], 2);  // the text's last label is its </s>
+  EXPECT_EQ(lab[a - 2], 2);              // the text's last label is its </s>
   for (int64_t k = 0; k + 1 < b; ++k) {  // SFT: labels only where the mask trains the next token
     const int64_t t = a - 1 + k;
     EXPECT_EQ(in[t], sft.doc_tokens(2)[k]);
@@ -92,7 +93,8 @@ TEST(DataBatch, SampleLossWeightsAverageOverSamples) {
   const int64_t I = kIgnoreIndex;
   Batch b;
   b.labels = at::tensor(std::vector<int64_t>{5, 6, 7, I, I, 8, I, I, 9, I, 4, I, I, I, I, I}).view({2, 8});
-  b.position_ids = at::tensor(std::vector<int64_t>{0, 1, 2, 3, 0, 1, 2, 0, 0, 1, 2, 3, 0, 1, 2, 3}).view({2, 8});
+  b.position_ids =
+      at::tensor(std::vector<int64_t>{0, 1, 2, 3, 0, 1, 2, 0, 0, 1, 2, 3, 0, 1, 2, 3}).view({2, 8});
   const SampleLossWeights sw = sample_loss_weights(b);
   EXPECT_EQ(sw.samples, 3);
   const float t = 1.0f / 3;

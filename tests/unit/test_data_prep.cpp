@@ -95,8 +95,8 @@ TEST(DataPrep, OutputDoesNotDependOnWorkerCount) {
   three.workers = 3;
   run_prep(one);
   run_prep(three);
-  for (const char* f : {"source_0.tokens", "source_0.mask", "source_0.index", "source_1.tokens", "source_1.mask",
-                        "source_1.index"})
+  for (const char* f : {"source_0.tokens", "source_0.mask", "source_0.index", "source_1.tokens",
+                        "source_1.mask", "source_1.index"})
     EXPECT_EQ(read_text(tmp / (std::string("one/") + f)), read_text(tmp / (std::string("three/") + f))) << f;
 }
 
@@ -104,10 +104,10 @@ TEST(DataPrep, SkipBadLinesCountsEveryReason) {
   TempDir tmp;
   write_text(tmp / "mixed.jsonl",
              "{\"conversation\":[{\"human\":\"q one\",\"assistant\":\"a one\"}]}\n"
-             "{\"conversation\":[{\"human\":\"q one\",\"assistant\":\"a one\"}\n"           // malformed
-             "{\"conversation\":[{\"human\":\"q \xff\",\"assistant\":\"a one\"}]}\n"        // bad UTF-8
-             "{\"conversation\":[{\"human\":\"q one\"}]}\n"                                 // missing field
-             "{\"conversation\":[{\"human\":\"q one\",\"assistant\":\"\"}]}\n"              // nothing to train
+             "{\"conversation\":[{\"human\":\"q one\",\"assistant\":\"a one\"}\n"     // malformed
+             "{\"conversation\":[{\"human\":\"q \xff\",\"assistant\":\"a one\"}]}\n"  // bad UTF-8
+             "{\"conversation\":[{\"human\":\"q one\"}]}\n"                           // missing field
+             "{\"conversation\":[{\"human\":\"q one\",\"assistant\":\"\"}]}\n"        // nothing to train
              "\n"
              "{\"conversation\":[{\"human\":\"q two\",\"assistant\":\"a two\"}]}\n");
   PrepOptions o = options(tmp / "mixed.jsonl", tmp / "store");
@@ -116,7 +116,8 @@ TEST(DataPrep, SkipBadLinesCountsEveryReason) {
   const json& st = stats["sources"][0];
   EXPECT_EQ(st["lines"], 7);
   EXPECT_EQ(st["samples"], 2);
-  EXPECT_EQ(st["dropped"], json({{"bad_field", 1}, {"invalid_utf8", 1}, {"malformed_json", 1}, {"no_trainable_token", 1}}));
+  EXPECT_EQ(st["dropped"],
+            json({{"bad_field", 1}, {"invalid_utf8", 1}, {"malformed_json", 1}, {"no_trainable_token", 1}}));
   EXPECT_EQ(TokenStore(tmp / "store").sources()[0].docs, 2);
 }
 
@@ -141,7 +142,8 @@ TEST(DataPrep, FailedPrepLeavesNoStoreAndKeepsTheOldOne) {
     TokenStore s(tmp / "partial");
     FAIL();
   } catch (const UserError& e) {
-    EXPECT_EQ(std::string(e.what()), tmp / "partial" + ": no manifest.json: not a complete token store (rerun `kiln prep`)");
+    EXPECT_EQ(std::string(e.what()),
+              tmp / "partial" + ": no manifest.json: not a complete token store (rerun `kiln prep`)");
   }
 }
 
@@ -189,9 +191,11 @@ TEST(DataBadInput, EveryClassNamesTheFileAndLine) {
   const std::string skip = " (--skip-bad-lines skips such lines)";
   write_text(tmp / "malformed.jsonl", good + "{\"text\": \"hello\"\n");
   EXPECT_EQ(prep_error(tmp, "malformed.jsonl"),
-            tmp / "malformed.jsonl" + ":2: malformed JSON ([json.exception.parse_error.101] parse error at line 1, "
-                                      "column 17: syntax error while parsing object - unexpected end of input; "
-                                      "expected '}')" + skip);
+            tmp / "malformed.jsonl" +
+                ":2: malformed JSON ([json.exception.parse_error.101] parse error at line 1, "
+                "column 17: syntax error while parsing object - unexpected end of input; "
+                "expected '}')" +
+                skip);
   write_text(tmp / "missing.jsonl", good + good + "{\"txt\":\"hello\"}\n");
   EXPECT_EQ(prep_error(tmp, "missing.jsonl"),
             tmp / "missing.jsonl" + ":3: missing field \"text\" (format text)" + skip);
@@ -210,15 +214,17 @@ TEST(DataBadInput, EveryClassNamesTheFileAndLine) {
             tmp / "notrain.jsonl" + ":1: no trainable token: every trained assistant answer is empty" + skip);
   write_text(tmp / "unknown.jsonl", "{\"prompt\":\"x\",\"completion\":\"y\"}\n");
   EXPECT_EQ(prep_error(tmp, "unknown.jsonl"),
-            tmp / "unknown.jsonl" + ":1: cannot detect the format: expected the keys of text {text}, alpaca "
-                                    "{instruction, output}, telechat {input, output}, firefly {conversation} or "
-                                    "messages {messages}");
+            tmp / "unknown.jsonl" +
+                ":1: cannot detect the format: expected the keys of text {text}, alpaca "
+                "{instruction, output}, telechat {input, output}, firefly {conversation} or "
+                "messages {messages}");
   write_text(tmp / "ok.jsonl", good);
   EXPECT_EQ(prep_error(tmp, "ok.jsonl", "sharegpt"),
             "format: unknown value \"sharegpt\" (expected auto, text, alpaca, telechat, firefly, messages)");
   write_text(tmp / "sft.jsonl", "{\"instruction\":\"x\",\"output\":\"y\"}\n");
   EXPECT_EQ(prep_error(tmp, "sft.jsonl", "auto", "vicuna"),
-            "template: unknown template \"vicuna\" (expected firefly, xuanyuan, llama2, chatml, telechat or custom)");
+            "template: unknown template \"vicuna\" (expected firefly, xuanyuan, llama2, chatml, telechat or "
+            "custom)");
 }
 
 TEST(DataBadInput, DataJsonWeightsAndSources) {
@@ -238,15 +244,18 @@ TEST(DataBadInput, DataJsonWeightsAndSources) {
             dj + ":2: source \"b.jsonl\": weight \"two\" is not a number (expected a weight >= 0)");
   EXPECT_EQ(err("{\"a.jsonl\": 1,\n \"c.jsonl\": 1}"),
             dj + ":2: source \"c.jsonl\": file not found (" + tmp / "c.jsonl" + ")");
-  EXPECT_EQ(err("{\"a.jsonl\": 1,\n\n \"b.jsonl\" 1}"),
-            dj + ":3: malformed JSON ([json.exception.parse_error.101] parse error at line 3, column 12: syntax "
-                 "error while parsing object separator - unexpected number literal; expected ':')");
+  EXPECT_EQ(
+      err("{\"a.jsonl\": 1,\n\n \"b.jsonl\" 1}"),
+      dj + ":3: malformed JSON ([json.exception.parse_error.101] parse error at line 3, column 12: syntax "
+           "error while parsing object separator - unexpected number literal; expected ':')");
   EXPECT_EQ(err(""), dj + ": empty file (expected {\"source.jsonl\": weight, ...})");
-  EXPECT_EQ(err("[\"a.jsonl\"]"), dj + ": expected an object {\"source.jsonl\": weight, ...}, got [\"a.jsonl\"]");
+  EXPECT_EQ(err("[\"a.jsonl\"]"),
+            dj + ": expected an object {\"source.jsonl\": weight, ...}, got [\"a.jsonl\"]");
   EXPECT_EQ(err("{\"a.jsonl\": {\"weight\": 1, \"fmt\": \"text\"}}"),
             dj + ":1: source \"a.jsonl\": unknown key \"fmt\" (expected weight, format, template, loss)");
   EXPECT_EQ(err("{\"a.jsonl\": {\"weight\": 1, \"format\": \"csv\"}}"),
-            dj + ": source \"a.jsonl\" format: unknown value \"csv\" (expected auto, text, alpaca, telechat, firefly, messages)");
+            dj + ": source \"a.jsonl\" format: unknown value \"csv\" (expected auto, text, alpaca, telechat, "
+                 "firefly, messages)");
 }
 
 // --- CLI ------------------------------------------------------------------------------------
@@ -267,14 +276,15 @@ TEST(DataCli, TokenizerTrainThenPrep) {
   EXPECT_EQ(tok.vocab_size(), 320);
   for (const auto& p : chat_special_pieces()) EXPECT_GE(tok.piece_id(p), 0) << p;
   EXPECT_EQ(tok.decode(tok.encode("the quick brown fox")), "the quick brown fox");
-  ASSERT_EQ(run_cli(cmd_prep, {"kiln", "prep", fixture("data.json"), "--tokenizer", tmp / "tok.model", "--out",
-                               tmp / "store", "--workers", "2", "--seq-len", "64", "--no-progress"}),
+  ASSERT_EQ(run_cli(cmd_prep, {"kiln", "prep", fixture("data.json"), "--tokenizer", tmp / "tok.model",
+                               "--out", tmp / "store", "--workers", "2", "--seq-len", "64", "--no-progress"}),
             0);
   EXPECT_EQ(TokenStore(tmp / "store").sources().size(), 2u);
   EXPECT_EQ(json::parse(read_text(tmp / "store/stats.json"))["seq_len"], 64);
-  EXPECT_THROW(run_cli(cmd_prep, {"kiln", "prep", fixture("data.json"), "--tokenizer", tmp / "tok.model"}), UserError);
-  EXPECT_THROW(run_cli(cmd_prep, {"kiln", "prep", fixture("data.json"), "--tokenizer", tmp / "tok.model", "--out",
-                                  tmp / "x", "--workers", "two"}),
+  EXPECT_THROW(run_cli(cmd_prep, {"kiln", "prep", fixture("data.json"), "--tokenizer", tmp / "tok.model"}),
+               UserError);
+  EXPECT_THROW(run_cli(cmd_prep, {"kiln", "prep", fixture("data.json"), "--tokenizer", tmp / "tok.model",
+                                  "--out", tmp / "x", "--workers", "two"}),
                UserError);
   EXPECT_THROW(run_cli(cmd_tokenizer, {"kiln", "tokenizer", "fit"}), UserError);
 }

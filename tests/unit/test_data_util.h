@@ -85,7 +85,8 @@ inline std::string render(const Tokenizer& tok, const EncodedSample& e) {
     if (!e.mask[i] && open) out += "]";
     open = e.mask[i];
     std::string p = tok.piece(e.tokens[i]);
-    if (p.size() == 6 && p.rfind("<0x", 0) == 0) p = std::string(1, static_cast<char>(std::stoi(p.substr(3, 2), nullptr, 16)));
+    if (p.size() == 6 && p.rfind("<0x", 0) == 0)
+      p = std::string(1, static_cast<char>(std::stoi(p.substr(3, 2), nullptr, 16)));
     for (size_t k = 0; (k = p.find("\xe2\x96\x81", k)) != std::string::npos;) p.replace(k, 3, " ");
     for (size_t k = 0; (k = p.find('\n', k)) != std::string::npos; k += 2) p.replace(k, 1, "\\n");
     out += p;

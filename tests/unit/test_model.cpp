@@ -80,11 +80,12 @@ TEST(Model, RecomputationGivesTheSameGradients) {
   b.labels = at::tensor(std::vector<int64_t>{2, 3, 4, -100, 6, 7, 8, -100}, at::kLong).view({1, 8});
   std::vector<at::Tensor> plain = grads_of(model, b);
 
-  model->set_unit_runner([](int64_t unit, const at::Tensor& x, const std::function<at::Tensor(const at::Tensor&)>& fn) {
-    if (unit == 0 || unit == 3) return fn(x);
-    auto f = fn;
-    return recompute({x}, [f](const std::vector<at::Tensor>& in) { return f(in[0]); });
-  });
+  model->set_unit_runner(
+      [](int64_t unit, const at::Tensor& x, const std::function<at::Tensor(const at::Tensor&)>& fn) {
+        if (unit == 0 || unit == 3) return fn(x);
+        auto f = fn;
+        return recompute({x}, [f](const std::vector<at::Tensor>& in) { return f(in[0]); });
+      });
   std::vector<at::Tensor> full = grads_of(model, b);
   model->set_unit_runner(nullptr);
   for (auto& layer : model->layers) layer->self_attn->recompute_core = true;
@@ -102,8 +103,7 @@ TEST(Model, LinearRopeScalingStretchesPositions) {
   linear.rope_scaling.type = "linear";
   linear.rope_scaling.factor = 2.0;
   RopeTables a = rope_tables(none, 32, at::kFloat), b = rope_tables(linear, 64, at::kFloat);
-  for (int64_t p : {0, 3, 10, 31})
-    EXPECT_LT((b.cos[2 * p] - a.cos[p]).abs().max().item<double>(), 1e-5) << p;
+  for (int64_t p : {0, 3, 10, 31}) EXPECT_LT((b.cos[2 * p] - a.cos[p]).abs().max().item<double>(), 1e-5) << p;
 }
 
 TEST(Model, DynamicNtkLeavesShortSequencesAlone) {

@@ -17,16 +17,14 @@ using test::ZeroRunSpec;
 
 std::unique_ptr<Communicator> single() { return make_world_communicator("auto", false, 5.0); }
 
-void expect_same_training(const test::ZeroRunResult& got, const test::ZeroRunResult& want,
-                          double tol) {
+void expect_same_training(const test::ZeroRunResult& got, const test::ZeroRunResult& want, double tol) {
   ASSERT_EQ(got.losses.size(), want.losses.size());
   for (size_t s = 0; s < want.losses.size(); ++s)
     EXPECT_NEAR(got.losses[s], want.losses[s], tol * std::abs(want.losses[s])) << "step " << s;
   ASSERT_EQ(got.params.size(), want.params.size());
   for (size_t i = 0; i < want.params.size(); ++i) {
     EXPECT_EQ(got.params[i].first, want.params[i].first);
-    EXPECT_LE(relative_error(got.params[i].second, want.params[i].second), tol)
-        << want.params[i].first;
+    EXPECT_LE(relative_error(got.params[i].second, want.params[i].second), tol) << want.params[i].first;
   }
 }
 
@@ -83,8 +81,7 @@ TEST(ParallelZero3, ModelTensorsAreEmptyBetweenUses) {
   // While units were gathered, at most the shard plus two units (current + prefetched) were
   // resident, and at least one unit was.
   EXPECT_GE(opt.peak_resident_parameter_bytes(), (elements + unit_elements.back()) * 4);
-  EXPECT_LE(opt.peak_resident_parameter_bytes(),
-            (elements + unit_elements[0] + unit_elements[1]) * 4);
+  EXPECT_LE(opt.peak_resident_parameter_bytes(), (elements + unit_elements[0] + unit_elements[1]) * 4);
 }
 
 TEST(ParallelZero3, KeepGatheredTrainsTheSameAndHoldsTheModelUntilBackward) {

@@ -7,14 +7,14 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "models/safetensors.h"
-#include "test_data_util.h"
 #include "data/loader.h"
 #include "models/llama.h"
+#include "models/safetensors.h"
+#include "test_data_util.h"
 #include "trainer/checkpoint.h"
-#include "trainer/model_setup.h"
 #include "trainer/config.h"
 #include "trainer/error.h"
+#include "trainer/model_setup.h"
 #include "trainer/trainer.h"
 
 namespace kiln {
@@ -27,12 +27,14 @@ using test::TempDir;
 Config tiny(const TempDir& dir, const std::string& run, std::vector<std::string> sets = {}) {
   for (const char* f : {"data.json", "pretrain.jsonl", "sft_firefly.jsonl"})
     if (!fs::exists(dir / f)) fs::copy_file(test::fixture(f), dir / f);
-  std::string yaml = str(
-      "model: {vocab_size: 700, hidden_size: 32, num_layers: 2, num_heads: 4, num_kv_heads: 2, max_seq_len: 64}\n"
-      "tokenizer: ", test::tokenizer_path(), "\n",
-      "data: {mixture: ", dir / "data.json", ", seq_len: 32, prefetch: 1}\n",
-      "train: {run_dir: ", dir / run, ", steps: 6, micro_batch_size: 2, global_batch_size: 4, lr: 0.01,"
-      " min_lr: 0.001, warmup_steps: 1, log_every: 100, threads: 1}\n");
+  std::string yaml =
+      str("model: {vocab_size: 700, hidden_size: 32, num_layers: 2, num_heads: 4, num_kv_heads: 2, "
+          "max_seq_len: 64}\n"
+          "tokenizer: ",
+          test::tokenizer_path(), "\n", "data: {mixture: ", dir / "data.json",
+          ", seq_len: 32, prefetch: 1}\n", "train: {run_dir: ", dir / run,
+          ", steps: 6, micro_batch_size: 2, global_batch_size: 4, lr: 0.01,"
+          " min_lr: 0.001, warmup_steps: 1, log_every: 100, threads: 1}\n");
   return parse_config(yaml, dir / "cfg.yaml", sets);
 }
 
@@ -109,7 +111,8 @@ TEST(Train, AccumulationAndRecomputationChangeNothing) {
 TEST(Train, FirstLossIsTheTokenOrSampleMeanOfTheGlobalBatch) {
   TempDir dir;
   for (const char* mode : {"token", "sample"}) {
-    Config cfg = tiny(dir, std::string("run-") + mode, {"train.steps=1", std::string("data.loss_average=") + mode});
+    Config cfg =
+        tiny(dir, std::string("run-") + mode, {"train.steps=1", std::string("data.loss_average=") + mode});
     TrainResult r = train(cfg);
     Llama model = build_model(cfg, /*prefer_run_dir=*/false, nullptr);
     DataLoader loader(cfg, 0, 1, 4);
@@ -118,8 +121,10 @@ TEST(Train, FirstLossIsTheTokenOrSampleMeanOfTheGlobalBatch) {
     for (int i = 0; i < 2; ++i) {  // 2 micro-batches of 2 make the global batch of 4
       Batch b = loader.next();
       at::Tensor logits = model->forward(b);
-      at::Tensor per_token = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), b.labels.reshape(-1), {},
-                                                    at::Reduction::None, kIgnoreIndex).view(b.labels.sizes());
+      at::Tensor per_token =
+          at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), b.labels.reshape(-1), {},
+                                 at::Reduction::None, kIgnoreIndex)
+              .view(b.labels.sizes());
       token_sum += per_token.sum().item<double>();
       tokens += static_cast<double>(b.loss_tokens);
       // Samples: runs of positions starting at position 0, inside one row.
@@ -157,7 +162,8 @@ TEST(Train, EvalEveryLogsWhatEvalPrints) {
   std::ifstream in(fs::path(cfg.train.run_dir) / "metrics.jsonl");
   for (std::string line; std::getline(in, line);) {
     auto row = nlohmann::json::parse(line);
-    if (row.contains("eval_loss")) evals.emplace_back(row["step"].get<int64_t>(), row["eval_loss"].get<double>());
+    if (row.contains("eval_loss"))
+      evals.emplace_back(row["step"].get<int64_t>(), row["eval_loss"].get<double>());
   }
   ASSERT_EQ(evals.size(), 2u);
   EXPECT_EQ(evals[0].first, 3);
@@ -179,7 +185,8 @@ TEST(Train, BrokenCheckpointsAreNamed) {
     FAIL() << "a dangling latest was accepted";
   } catch (const UserError& e) {
     EXPECT_NE(std::string(e.what()).find("latest: names 'step-00000099', which is not a complete checkpoint"),
-              std::string::npos) << e.what();
+              std::string::npos)
+        << e.what();
   }
   // A corrupt state.json.
   test::write_text(root + "/latest", "step-00000002\n");
@@ -188,7 +195,8 @@ TEST(Train, BrokenCheckpointsAreNamed) {
     train(tiny(dir, "run", {"train.steps=3"}));
     FAIL() << "a corrupt state.json was accepted";
   } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("state.json: corrupt checkpoint state"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("state.json: corrupt checkpoint state"), std::string::npos)
+        << e.what();
   }
   // resume: never starts over and leaves the old checkpoint alone until it saves.
   TrainResult fresh = train(tiny(dir, "run", {"train.steps=2", "train.resume=never"}));

@@ -17,9 +17,7 @@ std::vector<int32_t> cu_of(const std::vector<int64_t>& pos, int64_t B) {
   return cu_seqlens_from_positions(pos.data(), B, T);
 }
 
-TEST(Varlen, OneRowTwoDocuments) {
-  EXPECT_EQ(cu_of({0, 1, 2, 0, 1}, 1), (std::vector<int32_t>{0, 3, 5}));
-}
+TEST(Varlen, OneRowTwoDocuments) { EXPECT_EQ(cu_of({0, 1, 2, 0, 1}, 1), (std::vector<int32_t>{0, 3, 5})); }
 
 TEST(Varlen, UnpackedRowsAreOneDocumentEach) {
   EXPECT_EQ(cu_of({0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3}, 3), (std::vector<int32_t>{0, 4, 8, 12}));
@@ -44,8 +42,9 @@ TEST(Varlen, RowStartAlwaysStartsADocument) {
 }
 
 TEST(Varlen, LayoutFromTensor) {
-  at::Tensor pos = at::tensor(std::vector<int64_t>{0, 1, 2, 3, 4, 0, 1, 0, /**/ 0, 1, 0, 1, 2, 0, 1, 2}, at::kLong)
-                       .view({2, 8});
+  at::Tensor pos =
+      at::tensor(std::vector<int64_t>{0, 1, 2, 3, 4, 0, 1, 0, /**/ 0, 1, 0, 1, 2, 0, 1, 2}, at::kLong)
+          .view({2, 8});
   VarlenLayout layout = varlen_layout(pos);
   EXPECT_EQ(layout.cu_seqlens.scalar_type(), at::kInt);
   EXPECT_TRUE(layout.cu_seqlens.device().is_cpu());
@@ -75,7 +74,8 @@ TEST(Varlen, CpuKeepsTheMaskPath) {
 // ---- CUDA only: skipped on machines without a GPU ------------------------------------------
 
 // Reference: fp32 SDPA over (B=1, H, N, D) with a block-diagonal causal mask from cu_seqlens.
-at::Tensor masked_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos) {
+at::Tensor masked_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& pos) {
   const int64_t N = q.size(0), rep = q.size(1) / k.size(1);
   at::Tensor doc = (pos.view({1, N}) == 0).cumsum(1).view({N});  // (N) document index
   at::Tensor causal = at::ones({N, N}, doc.options().dtype(at::kBool)).tril();
@@ -83,9 +83,9 @@ at::Tensor masked_reference(const at::Tensor& q, const at::Tensor& k, const at::
   auto heads_first = [](const at::Tensor& t) {  // (N, heads, D) -> (1, heads, N, D) fp32
     return t.to(at::kFloat).transpose(0, 1).unsqueeze(0);
   };
-  at::Tensor out = at::scaled_dot_product_attention(heads_first(q), heads_first(k).repeat_interleave(rep, 1),
-                                                    heads_first(v).repeat_interleave(rep, 1),
-                                                    allowed.view({1, 1, N, N}));
+  at::Tensor out =
+      at::scaled_dot_product_attention(heads_first(q), heads_first(k).repeat_interleave(rep, 1),
+                                       heads_first(v).repeat_interleave(rep, 1), allowed.view({1, 1, N, N}));
   return out.squeeze(0).transpose(0, 1);  // (N, H, D)
 }
 

@@ -58,7 +58,8 @@ ZeroRunResult run_placed(Communicator& dp, const ZeroRunSpec& spec, const c10::D
 void expect_same_training(const ZeroRunResult& got, const ZeroRunResult& want, double tol, int stage) {
   ASSERT_EQ(got.losses.size(), want.losses.size());
   for (size_t s = 0; s < want.losses.size(); ++s)
-    EXPECT_NEAR(got.losses[s], want.losses[s], tol * std::abs(want.losses[s])) << "stage " << stage << " step " << s;
+    EXPECT_NEAR(got.losses[s], want.losses[s], tol * std::abs(want.losses[s]))
+        << "stage " << stage << " step " << s;
   ASSERT_EQ(got.params.size(), want.params.size());
   for (size_t i = 0; i < want.params.size(); ++i)
     EXPECT_LE(relative_error(got.params[i].second, want.params[i].second), tol)
