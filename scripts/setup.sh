@@ -74,6 +74,8 @@ fi
 
 # 3. Build.
 export CCACHE_DIR=${CCACHE_DIR:-$cache/ccache}
+# Paths relative to the clone, so a fresh clone elsewhere (CI) hits the same cache entries.
+export CCACHE_BASEDIR=$here CCACHE_NOHASHDIR=1
 build=$here/build
 cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE="${KILN_BUILD_TYPE:-Release}" \
   -DCMAKE_PREFIX_PATH="$torch_cmake" -DKILN_CUDA=$cuda \

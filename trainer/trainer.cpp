@@ -290,6 +290,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
       for (size_t s = 0; s < sources.size() && s < source_tokens.size(); ++s)
         row["source_tokens"][sources[s]] = source_tokens[s];
       row["packing_efficiency"] = loader.packing_efficiency();
+      row["samples_truncated"] = loader.truncated();  // over-long samples so far (data.overlong)
+      row["samples_dropped"] = loader.dropped();
       metrics << row.dump() << "\n" << std::flush;
       if ((step + 1) % cfg.train.log_every == 0 || step + 1 == cfg.train.steps) {
         char line[256];

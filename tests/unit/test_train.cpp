@@ -151,6 +151,10 @@ TEST(Train, FirstLossIsTheTokenOrSampleMeanOfTheGlobalBatch) {
     for (auto& [name, n] : row["source_tokens"].items()) total += n.get<int64_t>();
     EXPECT_GT(total, 0);
     EXPECT_LE(total, 4 * 32);
+    EXPECT_GT(row["packing_efficiency"].get<double>(), 0.5);
+    EXPECT_LE(row["packing_efficiency"].get<double>(), 1.0);
+    EXPECT_EQ(row["samples_dropped"].get<int64_t>(), 0);  // data.overlong: truncate
+    EXPECT_GE(row["samples_truncated"].get<int64_t>(), 0);
   }
 }
 
