@@ -27,6 +27,7 @@
 #include "parallel/zero.h"
 #include "trainer/checkpoint.h"
 #include "trainer/error.h"
+#include "trainer/file_io.h"
 #include "trainer/log.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/model_setup.h"
@@ -76,8 +77,7 @@ void truncate_metrics(const fs::path& path, int64_t step) {
     }
   }
   in.close();
-  std::ofstream out(path, std::ios::trunc);
-  out << kept;
+  write_file_atomic(path.string(), kept);
 }
 
 void install_activation_checkpointing(LlamaImpl& model, const std::string& mode) {
@@ -134,7 +134,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   const std::string config_yaml = to_yaml(cfg);
   if (rank0) {
     fs::create_directories(run_dir);
-    std::ofstream(run_dir / "config.yaml") << config_yaml;
+    write_file_atomic((run_dir / "config.yaml").string(), config_yaml);
     log0("kiln train: ", cfg.source, " -> ", run_dir.string());
     log0("processes: ", where);
     log0("layout: world ", launch.world_size, " = tp ", mesh.tp_size(), " x pp ", mesh.pp_size(), " x dp ",

@@ -234,8 +234,12 @@ TEST(DataLoader, PackedRowsKeepSamplesApartAndReportEfficiency) {
       for (int64_t t = 0; t + 1 < 64; ++t) {
         // Inside a sample, a real label is the next input; at a boundary (next position 0)
         // the label is the sample's own last token, never the next sample's first.
-        if (pos[t + 1] != 0 && lab[t] != kIgnoreIndex) EXPECT_EQ(lab[t], in[t + 1]);
-        if (pos[t + 1] == 0 && lab[t] != kIgnoreIndex) EXPECT_EQ(lab[t], 2);  // </s> ends every sample
+        if (pos[t + 1] != 0 && lab[t] != kIgnoreIndex) {
+          EXPECT_EQ(lab[t], in[t + 1]);
+        }
+        if (pos[t + 1] == 0 && lab[t] != kIgnoreIndex) {
+          EXPECT_EQ(lab[t], 2);  // </s> ends every sample
+        }
       }
       for (int64_t t = 0; t < 64; ++t) {
         ++positions;
