@@ -211,7 +211,8 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool,
       LineResult& r = results[i];
       if (!r.category.empty()) {
         if (!opt.skip_bad_lines)
-          user_error(src.path, ":", line_no[i], ": ", r.reason, " (--skip-bad-lines skips such lines)");
+          user_error(src.path, ":", line_no[i], ": ", r.reason,
+                     " (--skip-bad-lines or data.skip_bad_lines: true skips such lines)");
         ++dropped[r.category];
         continue;
       }

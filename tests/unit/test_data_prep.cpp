@@ -188,7 +188,7 @@ std::string prep_error(const TempDir& tmp, const std::string& input, const std::
 TEST(DataBadInput, EveryClassNamesTheFileAndLine) {
   TempDir tmp;
   const std::string good = "{\"text\":\"hello world\"}\n";
-  const std::string skip = " (--skip-bad-lines skips such lines)";
+  const std::string skip = " (--skip-bad-lines or data.skip_bad_lines: true skips such lines)";
   write_text(tmp / "malformed.jsonl", good + "{\"text\": \"hello\"\n");
   EXPECT_EQ(prep_error(tmp, "malformed.jsonl"),
             tmp / "malformed.jsonl" +
