@@ -248,7 +248,16 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
   const int64_t T = pos.size(1);
   if (cfg_.position == "rope") {
     int64_t span = std::max<int64_t>(T, pos.max().item<int64_t>() + 1);
-    RopeTables tables = rope_tables(cfg_, span, opts);
+    const bool dynamic = cfg_.rope_scaling.type == "dynamic";
+    const bool reusable = rope_cache_span_ > 0 && rope_cache_.cos.device() == opts.device() &&
+                          rope_cache_.cos.scalar_type() == opts.dtype().toScalarType() &&
+                          (dynamic ? rope_cache_span_ == span : rope_cache_span_ >= span);
+    if (!reusable) {
+      if (!dynamic) span = std::max(span, cfg_.max_seq_len);
+      rope_cache_ = rope_tables(cfg_, span, opts);
+      rope_cache_span_ = span;
+    }
+    const RopeTables& tables = rope_cache_;
     ctx.cos = tables.cos.index_select(0, pos.reshape(-1)).view({pos.size(0), T, -1});  // (B, T, D)
     ctx.sin = tables.sin.index_select(0, pos.reshape(-1)).view({pos.size(0), T, -1});
   }

@@ -128,6 +128,10 @@ class LlamaImpl : public torch::nn::Module {
   ModelConfig cfg_;
   StageSpec stage_;
   UnitRunner runner_;
+  // Rotary tables are the same every step: kept for the longest span, dtype and device seen
+  // (dynamic NTK scaling depends on the span, so there only an equal span is reused).
+  mutable RopeTables rope_cache_;
+  mutable int64_t rope_cache_span_ = 0;
 };
 TORCH_MODULE(Llama);
 

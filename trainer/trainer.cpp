@@ -233,7 +233,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     all_reduce_host(dp, counts, setup.device);
     const double global_loss_tokens = std::max(1.0, counts[0].item<double>());
     const double divisor = per_sample ? std::max(1.0, counts[1].item<double>()) : global_loss_tokens;
-    double loss_part = 0;
+    // This rank's share of the step's loss, summed on the device: one host sync per step.
+    at::Tensor loss_t = at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(setup.device));
     for (size_t i = 0; i < batches.size(); ++i) {
       Batch db = to_device(std::move(batches[i]), setup.device);
       at::Tensor logits = model->forward(db);
@@ -241,12 +242,11 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
                                     : lm_loss_sum(logits, db.labels)) /
                         divisor;
       loss.backward();
-      loss_part += loss.item<double>();
+      loss_t += loss.detach().to(at::kDouble);
     }
     optimizer.reduce_gradients();
     const double norm = optimizer.grad_norm();
-    at::Tensor loss_t = at::full({1}, loss_part, at::kDouble);
-    all_reduce_host(dp, loss_t, setup.device);
+    dp.all_reduce(loss_t);
     const double loss = loss_t.item<double>();
     const double lr = lr_at(cfg.train, step);
     if (!std::isfinite(norm)) {

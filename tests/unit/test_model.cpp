@@ -165,3 +165,36 @@ TEST(Recompute, MatchesDirectGradientsForInputsAndCapturedTensors) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// The rotary tables are cached across forwards; a cache filled by a shorter (or, for dynamic NTK,
+// differently scaled) batch must give exactly what a fresh model computes.
+TEST(Model, CachedRopeTablesEqualFreshOnes) {
+  for (const char* type : {"none", "linear", "dynamic"}) {
+    ModelConfig c = tiny_config();
+    c.max_seq_len = 16;  // dynamic NTK grows the base past 16 positions
+    c.rope_scaling.type = type;
+    c.rope_scaling.factor = 2.0;
+    std::vector<int64_t> short_ids(6), long_ids(40), short_pos(6), long_pos(40);
+    for (int64_t i = 0; i < 40; ++i) long_ids[i] = (i * 7) % 50, long_pos[i] = i;
+    for (int64_t i = 0; i < 6; ++i) short_ids[i] = (i * 3) % 50, short_pos[i] = i;
+    at::manual_seed(5);
+    Llama warm(c);
+    at::manual_seed(5);
+    Llama fresh_long(c);
+    at::manual_seed(5);
+    Llama fresh_short(c);
+    at::NoGradGuard no_grad;
+    at::Tensor a = warm->forward(row(short_ids, short_pos, false));
+    at::Tensor b = warm->forward(row(long_ids, long_pos, false));
+    at::Tensor a2 = warm->forward(row(short_ids, short_pos, false));
+    EXPECT_TRUE(b.equal(fresh_long->forward(row(long_ids, long_pos, false)))) << type;
+    EXPECT_TRUE(a.equal(a2)) << type;
+    EXPECT_TRUE(a2.equal(fresh_short->forward(row(short_ids, short_pos, false)))) << type;
+  }
+}
+
+}  // namespace
+}  // namespace kiln
