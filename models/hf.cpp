@@ -11,6 +11,7 @@
 #include <set>
 
 #include "models/safetensors.h"
+#include "models/weight_source.h"
 #include "trainer/error.h"
 #include "trainer/file_io.h"
 
@@ -319,76 +320,129 @@ static bool has_norm_head(const std::string& dir) {
   return j["model_type"] == "baichuan" && j["vocab_size"] == 125696;
 }
 
-void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool partial) {
-  HfWeights w(dir);
-  const bool norm_head = has_norm_head(dir);
-  at::NoGradGuard no_grad;
-  const auto params = model.named_parameters(/*recurse=*/true);
-  std::set<std::string> used;
-  std::vector<std::string> missing;
-  static const char* kQkv[] = {"q_proj.weight", "k_proj.weight", "v_proj.weight"};
+namespace {
 
-  for (const auto& item : params) {
-    const std::string& name = item.key();
-    at::Tensor param = item.value();
-    at::Tensor src;
-    std::string from;
-    if (w.contains(name)) {
-      src = w.tensor(name);
-      from = w.file_of(name).path();
-      used.insert(name);
-    } else {
-      // Baichuan: model.layers.N.self_attn.W_pack.weight (3h, h) = [q; k; v].
-      for (int part = 0; part < 3 && !src.defined(); ++part) {
-        if (!ends_with(name, std::string("self_attn.") + kQkv[part])) continue;
-        const std::string pack =
-            name.substr(0, name.size() - std::string(kQkv[part]).size()) + "W_pack.weight";
-        if (!w.contains(pack)) break;
-        at::Tensor packed = w.tensor(pack);
-        from = w.file_of(pack).path();
-        const std::vector<int64_t> want = {3 * param.size(0), param.size(1)};
-        if (packed.sizes().vec() != want)
-          user_error(from, ": tensor '", pack, "': shape ", shape_str(packed.sizes().vec()),
-                     " in the file, the model expects ", shape_str(want), " (q, k, v stacked)");
-        src = packed.narrow(/*dim=*/0, /*start=*/part * param.size(0), /*length=*/param.size(0));
-        used.insert(pack);
-      }
-      if (!src.defined()) {
+// An HF directory as a WeightSource: each read narrows the memory-mapped tensor to the requested
+// range before converting it, so only those pages are touched.
+class HfSource : public WeightSource {
+ public:
+  // names: every parameter the whole model has (HF names) with its shape; checked up front
+  // against the files (missing, shape, dtype, unused tensors), so that a rank reading only its
+  // slices still refuses a directory that does not fit the model.
+  HfSource(const std::string& dir, const std::vector<std::pair<std::string, std::vector<int64_t>>>& names,
+           bool partial)
+      : w_(dir), norm_head_(has_norm_head(dir)) {
+    std::set<std::string> used;
+    std::vector<std::string> missing;
+    for (const auto& [name, shape] : names) {
+      std::string from;
+      const std::vector<int64_t> got = resolve_shape(name, shape, &from, &used);
+      if (got.empty() && !shape.empty()) {
         missing.push_back(name);
         continue;
       }
+      if (got != shape)
+        user_error(from, ": tensor '", name, "': shape ", shape_str(got), " in the file, the model expects ",
+                   shape_str(shape), " (does config.json match the model config?)");
     }
-    if (src.sizes() != param.sizes())
-      user_error(from, ": tensor '", name, "': shape ", shape_str(src.sizes().vec()),
-                 " in the file, the model expects ", shape_str(param.sizes().vec()),
-                 " (does config.json match the model config?)");
+    if (!missing.empty())
+      user_error(
+          w_.source(), ": tensor '", missing[0], "' is missing",
+          missing.size() > 1 ? str(" (", missing.size(), " missing in all: ", some_names(missing), ")") : "",
+          "; the model needs every one of its parameters");
+    if (partial) return;
+    bool tied = true;
+    for (const auto& [name, shape] : names)
+      if (name == "lm_head.weight") tied = false;
+    std::vector<std::string> unused;
+    for (const std::string& name : w_.names()) {
+      if (used.count(name) || ends_with(name, "rotary_emb.inv_freq")) continue;
+      if (name == "lm_head.weight" && tied) continue;
+      unused.push_back(name);
+    }
+    if (!unused.empty())
+      user_error(w_.source(), ": ", unused.size(), " tensor(s) in the file are not used by the model: ",
+                 some_names(unused), " (does config.json match the model config?)");
+  }
+
+  std::string describe() const override { return "hf:" + w_.dir(); }
+
+  at::Tensor read(const std::string& name, const std::vector<int64_t>& shape, int64_t begin,
+                  int64_t end) override {
+    std::string from;
+    at::Tensor src = resolve(name, shape, &from);
     if (!at::isFloatingType(src.scalar_type()))
       user_error(from, ": tensor '", name, "': dtype ", c10::toString(src.scalar_type()),
                  " cannot be loaded into a floating-point parameter");
-    if (norm_head && name == "lm_head.weight") {
-      at::Tensor rows = src.to(at::kFloat);  // (V, h)
-      src = rows / rows.norm(/*p=*/2, /*dim=*/{1}, /*keepdim=*/true).clamp_min(1e-12);
+    if (norm_head_ && name == "lm_head.weight") {
+      // Only the rows the range touches, each L2-normalised.
+      const int64_t cols = src.size(1), r0 = begin / cols, r1 = (end - 1) / cols + 1;
+      at::Tensor rows = src.narrow(0, r0, r1 - r0).to(at::kFloat);
+      rows = rows / rows.norm(/*p=*/2, /*dim=*/{1}, /*keepdim=*/true).clamp_min(1e-12);
+      return rows.reshape({-1}).narrow(0, begin - r0 * cols, end - begin).clone();
     }
-    param.copy_(src);
+    return src.reshape({-1}).narrow(0, begin, end - begin).to(at::kFloat, false, /*copy=*/true);
   }
 
-  if (!missing.empty())
-    user_error(
-        w.source(), ": tensor '", missing[0], "' is missing",
-        missing.size() > 1 ? str(" (", missing.size(), " missing in all: ", some_names(missing), ")") : "",
-        "; the model needs every one of its parameters");
-  if (partial) return;
-  const bool tied = !params.contains("lm_head.weight") && params.contains("model.embed_tokens.weight");
-  std::vector<std::string> unused;
-  for (const std::string& name : w.names()) {
-    if (used.count(name) || ends_with(name, "rotary_emb.inv_freq")) continue;
-    if (name == "lm_head.weight" && tied) continue;
-    unused.push_back(name);
+ private:
+  static constexpr const char* kQkv[3] = {"q_proj.weight", "k_proj.weight", "v_proj.weight"};
+
+  // The view of `name` in the files (Baichuan's W_pack (3h, h) = [q; k; v] split by rows).
+  at::Tensor resolve(const std::string& name, const std::vector<int64_t>& shape, std::string* from) const {
+    if (w_.contains(name)) {
+      *from = w_.file_of(name).path();
+      return w_.tensor(name);
+    }
+    for (int part = 0; part < 3; ++part) {
+      if (!ends_with(name, std::string("self_attn.") + kQkv[part])) continue;
+      const std::string pack = name.substr(0, name.size() - std::string(kQkv[part]).size()) + "W_pack.weight";
+      *from = w_.file_of(pack).path();
+      return w_.tensor(pack).narrow(/*dim=*/0, /*start=*/part * shape[0], /*length=*/shape[0]);
+    }
+    user_error(w_.source(), ": tensor '", name, "' is missing");
   }
-  if (!unused.empty())
-    user_error(w.source(), ": ", unused.size(),
-               " tensor(s) in the file are not used by the model: ", some_names(unused),
-               " (does config.json match the model config?)");
+  // The stored shape of `name` ({} when absent), from headers only.
+  std::vector<int64_t> resolve_shape(const std::string& name, const std::vector<int64_t>& shape, std::string* from,
+                                     std::set<std::string>* used) const {
+    if (w_.contains(name)) {
+      *from = w_.file_of(name).path();
+      used->insert(name);
+      return w_.shape(name);
+    }
+    for (int part = 0; part < 3; ++part) {
+      if (!ends_with(name, std::string("self_attn.") + kQkv[part])) continue;
+      const std::string pack = name.substr(0, name.size() - std::string(kQkv[part]).size()) + "W_pack.weight";
+      if (!w_.contains(pack)) return {};
+      *from = w_.file_of(pack).path();
+      const std::vector<int64_t> packed = w_.shape(pack);
+      const std::vector<int64_t> want = {3 * shape[0], shape[1]};
+      if (packed != want)
+        user_error(*from, ": tensor '", pack, "': shape ", shape_str(packed), " in the file, the model expects ",
+                   shape_str(want), " (q, k, v stacked)");
+      used->insert(pack);
+      return shape;
+    }
+    return {};
+  }
+
+  HfWeights w_;
+  bool norm_head_;
+};
+
+}  // namespace
+
+std::unique_ptr<WeightSource> hf_weight_source(const std::string& dir,
+                                               const std::vector<std::pair<std::string, std::vector<int64_t>>>& names,
+                                               bool partial) {
+  return std::make_unique<HfSource>(dir, names, partial);
+}
+
+void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool partial) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> names;
+  for (const auto& item : model.named_parameters(/*recurse=*/true))
+    names.emplace_back(item.key(), item.value().sizes().vec());
+  HfSource source(dir, names, partial);
+  materialize(model, source);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -417,29 +471,44 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> hf_parameter_shapes(co
 
 void save_hf(const std::vector<std::pair<std::string, at::Tensor>>& named, const ModelConfig& cfg,
              const std::string& dir, int64_t max_shard_bytes) {
-  KILN_CHECK(max_shard_bytes > 0, "max_shard_bytes must be positive");
-  if (cfg.position == "alibi")
-    user_error(dir, ": cannot export an ALiBi model (Baichuan-13B) as LlamaForCausalLM, which has only RoPE");
   // The tensors must be exactly the full model: a stage's or a shard's subset is a caller bug.
   const auto expected = hf_parameter_shapes(cfg);
   std::map<std::string, std::vector<int64_t>> want(expected.begin(), expected.end());
   KILN_CHECK(named.size() == expected.size(), "save_hf: got ", named.size(), " tensors, the model has ",
              expected.size());
+  std::map<std::string, at::Tensor> by_name;
   for (const auto& [name, t] : named) {
     auto it = want.find(name);
     KILN_CHECK(it != want.end(), "save_hf: '", name, "' is not a parameter of the model");
     KILN_CHECK(t.sizes().vec() == it->second, "save_hf: '", name, "' has shape ", shape_str(t.sizes().vec()),
                ", expected ", shape_str(it->second));
+    by_name[name] = t;
   }
+  const at::ScalarType dtype = named.empty() ? at::kFloat : named[0].second.scalar_type();
+  save_hf_streamed(
+      cfg, dtype, [&](const std::string& name) { return by_name.at(name).to(dtype); }, dir, max_shard_bytes);
+}
+
+void save_hf_streamed(const ModelConfig& cfg, at::ScalarType dtype,
+                      const std::function<at::Tensor(const std::string&)>& fetch, const std::string& dir,
+                      int64_t max_shard_bytes) {
+  KILN_CHECK(max_shard_bytes > 0, "max_shard_bytes must be positive");
+  if (cfg.position == "alibi")
+    user_error(dir, ": cannot export an ALiBi model (Baichuan-13B) as LlamaForCausalLM, which has only RoPE");
+  const auto expected = hf_parameter_shapes(cfg);
   if (fs::exists(dir) && !(fs::is_directory(dir) && fs::is_empty(dir)))
     user_error(dir, ": already exists and is not empty; choose a new output directory");
 
-  // Greedy sharding in the given (transformers') order; a tensor larger than the limit gets a
-  // shard of its own.
-  std::vector<std::vector<size_t>> shards;  // [shard] indices into named
+  // Greedy sharding in transformers' order; a tensor larger than the limit gets a shard of its own.
+  auto bytes_of = [&](const std::vector<int64_t>& shape) {
+    int64_t n = static_cast<int64_t>(c10::elementSize(dtype));
+    for (int64_t d : shape) n *= d;
+    return n;
+  };
+  std::vector<std::vector<size_t>> shards;  // [shard] indices into expected
   int64_t cur = 0, total = 0;
-  for (size_t i = 0; i < named.size(); ++i) {
-    const int64_t b = tensor_bytes(named[i].second);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const int64_t b = bytes_of(expected[i].second);
     if (shards.empty() || (cur + b > max_shard_bytes && cur > 0)) {
       shards.emplace_back();
       cur = 0;
@@ -463,19 +532,20 @@ void save_hf(const std::vector<std::pair<std::string, at::Tensor>>& named, const
       std::snprintf(buf, sizeof(buf), "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
       file = buf;
     }
-    std::vector<std::pair<std::string, at::Tensor>> part;
+    std::vector<TensorHeader> part;
     for (size_t i : shards[s]) {
-      part.push_back(named[i]);
-      weight_map[named[i].first] = file;
+      part.push_back({expected[i].first, dtype, expected[i].second});
+      weight_map[expected[i].first] = file;
     }
-    write_safetensors(tmp + "/" + file, part, meta);
+    write_safetensors_streamed(
+        tmp + "/" + file, part, [&](size_t k) { return fetch(part[k].name).to(dtype); }, meta);
   }
   if (shards.size() > 1) {
     json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     write_file_atomic(tmp + "/model.safetensors.index.json", index.dump(2) + "\n");
   }
-  const std::string dtype = named.empty() ? "float32" : torch_dtype_name(named[0].second.scalar_type());
-  write_file_atomic(tmp + "/config.json", hf_config_json(cfg, dtype).dump(2) + "\n");
+  const std::string dtype_name = torch_dtype_name(dtype);
+  write_file_atomic(tmp + "/config.json", hf_config_json(cfg, dtype_name).dump(2) + "\n");
   fsync_dir(tmp);
 
   fs::rename(tmp, dir, ec);  // replaces an empty DIR

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -59,6 +60,13 @@ class HfWeights {
 // allowed. Baichuan's fused W_pack (3h, h) is split into q_proj, k_proj, v_proj; Baichuan2's
 // NormHead (vocab 125696) becomes a plain head holding the L2-normalised rows of lm_head.weight.
 void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool partial = false);
+// The same checks, as a WeightSource reading ranges of the memory-mapped files on demand (a rank
+// reads only its slices). `names`: every parameter of the model (or stage, with partial) and its
+// shape.
+class WeightSource;
+std::unique_ptr<WeightSource> hf_weight_source(const std::string& dir,
+                                               const std::vector<std::pair<std::string, std::vector<int64_t>>>& names,
+                                               bool partial = false);
 
 // Writes an HF LlamaForCausalLM directory: config.json (model_type llama, torch_dtype of the
 // tensors) and model.safetensors, or model-0000i-of-0000n.safetensors + index when the tensors
@@ -67,6 +75,11 @@ void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool part
 void save_hf(const std::vector<std::pair<std::string, at::Tensor>>& named, const ModelConfig& cfg,
              const std::string& dir, int64_t max_shard_bytes = int64_t{5} * 1000 * 1000 * 1000);
 
+// The same, fetching one tensor at a time by HF name (any dtype; converted to `dtype`), so an
+// export never holds the whole model (kiln export from checkpoint shards).
+void save_hf_streamed(const ModelConfig& cfg, at::ScalarType dtype,
+                      const std::function<at::Tensor(const std::string&)>& fetch, const std::string& dir,
+                      int64_t max_shard_bytes = int64_t{5} * 1000 * 1000 * 1000);
 // HF names and shapes of every parameter of the full model, in transformers' order.
 std::vector<std::pair<std::string, std::vector<int64_t>>> hf_parameter_shapes(const ModelConfig& cfg);
 

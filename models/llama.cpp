@@ -3,12 +3,13 @@
 #include "models/llama.h"
 
 #include <ATen/ATen.h>
-#include <torch/nn/init.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cmath>
 
 #include "models/ops/varlen_attention.h"
 #include "models/recompute.h"
+#include "models/weight_source.h"
 #include "trainer/error.h"
 
 namespace kiln {
@@ -16,7 +17,7 @@ namespace kiln {
 // ---- RMSNorm ---------------------------------------------------------------------------------
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
-  weight = register_parameter("weight", at::ones({dim}));
+  weight = register_parameter("weight", shape_only({dim}));
 }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
@@ -91,16 +92,13 @@ at::Tensor rotate_half(const at::Tensor& x) {
 
 // ---- Attention -------------------------------------------------------------------------------
 
-AttentionImpl::AttentionImpl(const ModelConfig& cfg)
+AttentionImpl::AttentionImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make)
     : num_heads_(cfg.num_heads), num_kv_heads_(cfg.kv_heads()), head_dim_(cfg.head_dim()) {
   const int64_t h = cfg.hidden_size;
-  auto linear = [](int64_t in, int64_t out) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
-  };
-  q_proj = register_module("q_proj", linear(h, num_heads_ * head_dim_));
-  k_proj = register_module("k_proj", linear(h, num_kv_heads_ * head_dim_));
-  v_proj = register_module("v_proj", linear(h, num_kv_heads_ * head_dim_));
-  o_proj = register_module("o_proj", linear(num_heads_ * head_dim_, h));
+  q_proj = register_module("q_proj", make({"q_proj", layer, h, num_heads_ * head_dim_, ShardDim::Out}));
+  k_proj = register_module("k_proj", make({"k_proj", layer, h, num_kv_heads_ * head_dim_, ShardDim::Out}));
+  v_proj = register_module("v_proj", make({"v_proj", layer, h, num_kv_heads_ * head_dim_, ShardDim::Out}));
+  o_proj = register_module("o_proj", make({"o_proj", layer, num_heads_ * head_dim_, h, ShardDim::In}));
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionContext& ctx) {
@@ -149,21 +147,18 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionContext& c
 
 // ---- MLP and decoder layer -------------------------------------------------------------------
 
-MLPImpl::MLPImpl(const ModelConfig& cfg) {
+MLPImpl::MLPImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make) {
   const int64_t h = cfg.hidden_size, f = cfg.ffn_size();
-  auto linear = [](int64_t in, int64_t out) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
-  };
-  gate_proj = register_module("gate_proj", linear(h, f));
-  up_proj = register_module("up_proj", linear(h, f));
-  down_proj = register_module("down_proj", linear(f, h));
+  gate_proj = register_module("gate_proj", make({"gate_proj", layer, h, f, ShardDim::Out}));
+  up_proj = register_module("up_proj", make({"up_proj", layer, h, f, ShardDim::Out}));
+  down_proj = register_module("down_proj", make({"down_proj", layer, f, h, ShardDim::In}));
 }
 
 at::Tensor MLPImpl::forward(const at::Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg) {
-  self_attn = register_module("self_attn", Attention(cfg));
-  mlp = register_module("mlp", MLP(cfg));
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make) {
+  self_attn = register_module("self_attn", Attention(cfg, layer, make));
+  mlp = register_module("mlp", MLP(cfg, layer, make));
   input_layernorm = register_module("input_layernorm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
@@ -176,7 +171,16 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const AttentionContext
 
 // ---- The stack -------------------------------------------------------------------------------
 
-LlamaImpl::LlamaImpl(const ModelConfig& cfg, StageSpec stage) : cfg_(cfg), stage_(stage) {
+EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim) {
+  weight = register_parameter("weight", shape_only({vocab, dim}));
+}
+
+at::Tensor EmbeddingImpl::forward(const at::Tensor& ids) { return at::embedding(weight, ids); }
+
+LlamaImpl::LlamaImpl(const ModelConfig& cfg, StageSpec stage) : LlamaImpl(cfg, LlamaBuild{stage, {}, false}) {}
+
+LlamaImpl::LlamaImpl(const ModelConfig& cfg, LlamaBuild build) : cfg_(cfg), stage_(build.stage) {
+  const ProjectionFactory make = build.projections ? build.projections : dense_projections();
   if (stage_.layer_end < 0) stage_.layer_end = cfg.num_layers;
   KILN_CHECK(
       0 <= stage_.layer_begin && stage_.layer_begin <= stage_.layer_end && stage_.layer_end <= cfg.num_layers,
@@ -185,35 +189,33 @@ LlamaImpl::LlamaImpl(const ModelConfig& cfg, StageSpec stage) : cfg_(cfg), stage
   auto body = register_module("model", std::make_shared<torch::nn::Module>());
   if (stage_.has_embedding || (stage_.has_head && cfg.tie_embeddings))
     embed_tokens =
-        body->register_module("embed_tokens", torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
+        body->register_module("embed_tokens", Embedding(cfg.vocab_size, cfg.hidden_size));
   auto layer_list = body->register_module("layers", std::make_shared<torch::nn::Module>());
   for (int64_t i = stage_.layer_begin; i < stage_.layer_end; ++i)
-    layers.push_back(layer_list->register_module(std::to_string(i), DecoderLayer(cfg)));
+    layers.push_back(layer_list->register_module(std::to_string(i), DecoderLayer(cfg, i, make)));
   if (stage_.has_head) {
     norm = body->register_module("norm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
     if (!cfg.tie_embeddings)
-      lm_head = register_module(
-          "lm_head",
-          torch::nn::Linear(torch::nn::LinearOptions(cfg.hidden_size, cfg.vocab_size).bias(false)));
+      lm_head = register_module("lm_head", make({"lm_head", -1, cfg.hidden_size, cfg.vocab_size, ShardDim::Out}));
   }
-  reset_parameters();
+  // Without a meta build: the random init of the torch seed, at once (tests, small tools).
+  if (!build.meta) reset_parameters();
 }
 
-void LlamaImpl::reset_parameters() {
-  at::NoGradGuard no_grad;
-  const double std = cfg_.init_std;
-  const double out_std = std / std::sqrt(2.0 * cfg_.num_layers);
-  for (auto& item : named_parameters()) {
-    const std::string& name = item.key();
-    at::Tensor& p = item.value();
-    if (p.dim() == 1) {
-      p.fill_(1.0);
-    } else if (name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos) {
-      p.normal_(0.0, out_std);
-    } else {
-      p.normal_(0.0, std);
-    }
-  }
+void LlamaImpl::reset_parameters() { reset_parameters(at::detail::getDefaultCPUGenerator().current_seed()); }
+
+void LlamaImpl::reset_parameters(uint64_t seed) { materialize(*this, *random_init_source(cfg_, seed)); }
+
+std::vector<int64_t> LlamaImpl::unit_reads(int64_t unit) const {
+  // A tied head on a stage that also holds the embedding reads unit 0's weight.
+  if (unit == num_units() - 1 && stage_.has_head && !lm_head && stage_.has_embedding && unit > 0) return {0};
+  return {};
+}
+
+std::vector<std::pair<std::string, at::Tensor>> LlamaImpl::chain_parameters() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& item : named_parameters()) out.emplace_back(item.key(), item.value());
+  return out;
 }
 
 int64_t LlamaImpl::num_units() const {
@@ -291,11 +293,29 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
 }
 
 at::Tensor LlamaImpl::forward(const Batch& batch, const at::Tensor& hidden_in) {
+  return run_units(batch, hidden_in, [this](const at::Tensor& in) {
+    at::Tensor h = norm(in);
+    at::Tensor logits = lm_head ? lm_head(h) : at::linear(h, embed_tokens->weight);
+    return logits.to(at::kFloat);  // (B, T, V)
+  });
+}
+
+at::Tensor LlamaImpl::forward_loss(const Batch& batch, const at::Tensor& token_weights, const at::Tensor& hidden_in) {
+  KILN_CHECK(stage_.has_head, "forward_loss on a stage without the head");
+  at::Tensor labels = batch.labels, weights = token_weights;
+  return run_units(batch, hidden_in, [this, labels, weights](const at::Tensor& in) {
+    at::Tensor h = norm(in);
+    at::Tensor logits = lm_head ? lm_head(h) : at::linear(h, embed_tokens->weight);
+    return weights.defined() ? lm_loss_weighted_sum(logits, labels, weights) : lm_loss_sum(logits, labels);
+  });
+}
+
+at::Tensor LlamaImpl::run_units(const Batch& batch, const at::Tensor& hidden_in, const UnitFn& head) {
   const at::TensorOptions opts = parameters().front().options();
   // Shared, not a local: recomputation (activation checkpointing, ZeRO-3) runs the units
   // again during backward, after this function has returned.
   auto ctx = std::make_shared<AttentionContext>(attention_context(batch, opts));
-  auto run = [&](int64_t unit, const at::Tensor& x, const std::function<at::Tensor(const at::Tensor&)>& fn) {
+  auto run = [&](int64_t unit, const at::Tensor& x, const UnitFn& fn) {
     return runner_ ? runner_(unit, x, fn) : fn(x);
   };
   int64_t unit = 0;
@@ -309,11 +329,7 @@ at::Tensor LlamaImpl::forward(const Batch& batch, const at::Tensor& hidden_in) {
   for (auto& layer : layers)
     x = run(unit++, x, [ctx, layer](const at::Tensor& in) mutable { return layer->forward(in, *ctx); });
   if (!stage_.has_head) return x;
-  return run(unit++, x, [this](const at::Tensor& in) {
-    at::Tensor h = norm(in);
-    at::Tensor logits = lm_head ? lm_head(h) : at::linear(h, embed_tokens->weight);
-    return logits.to(at::kFloat);  // (B, T, V)
-  });
+  return run(unit++, x, head);
 }
 
 at::Tensor lm_loss_sum(const at::Tensor& logits, const at::Tensor& labels) {

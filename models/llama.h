@@ -12,8 +12,7 @@
 // each unit's call: activation checkpointing and ZeRO-3 parameter gathering slot in there.
 #pragma once
 #include <torch/nn/module.h>
-#include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
 
 #include <functional>
 #include <string>
@@ -22,6 +21,8 @@
 
 #include "data/batch.h"
 #include "models/model_config.h"
+#include "models/projection.h"
+#include "models/unit_chain.h"
 
 namespace kiln {
 
@@ -30,6 +31,14 @@ struct StageSpec {
   int64_t layer_end = -1;  // -1 = num_layers
   bool has_embedding = true;
   bool has_head = true;
+};
+
+// What a rank builds: its stage, how projections are made, and whether parameters are left on
+// the meta device (shape only) for an optimizer or materialize() to fill from a WeightSource.
+struct LlamaBuild {
+  StageSpec stage;
+  ProjectionFactory projections;  // empty = dense
+  bool meta = false;              // false: random init at once from the torch seed (tests, tools)
 };
 
 class RMSNormImpl : public torch::nn::Module {
@@ -67,9 +76,9 @@ struct AttentionContext {
 
 class AttentionImpl : public torch::nn::Module {
  public:
-  explicit AttentionImpl(const ModelConfig& cfg);
+  AttentionImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make);
   at::Tensor forward(const at::Tensor& x, const AttentionContext& ctx);  // (B, T, h)
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  Projection q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   bool recompute_core = false;  // selective activation checkpointing
  private:
   int64_t num_heads_, num_kv_heads_, head_dim_;
@@ -78,15 +87,15 @@ TORCH_MODULE(Attention);
 
 class MLPImpl : public torch::nn::Module {
  public:
-  explicit MLPImpl(const ModelConfig& cfg);
+  MLPImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make);
   at::Tensor forward(const at::Tensor& x);  // down(silu(gate(x)) * up(x))
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  Projection gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  explicit DecoderLayerImpl(const ModelConfig& cfg);
+  DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make);
   at::Tensor forward(const at::Tensor& x, const AttentionContext& ctx);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
@@ -94,40 +103,56 @@ class DecoderLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(DecoderLayer);
 
-// (unit index, input, the unit's own forward) -> output. The default runs fn(input).
-using UnitRunner = std::function<at::Tensor(int64_t unit, const at::Tensor& input,
-                                            const std::function<at::Tensor(const at::Tensor&)>& fn)>;
+// The token embedding: weight (V, h), rows looked up by id.
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t vocab, int64_t dim);
+  at::Tensor forward(const at::Tensor& ids);  // (B, T) -> (B, T, h)
+  at::Tensor weight;                          // (V, h)
+};
+TORCH_MODULE(Embedding);
 
-class LlamaImpl : public torch::nn::Module {
+class LlamaImpl : public torch::nn::Module, public UnitChain {
  public:
   explicit LlamaImpl(const ModelConfig& cfg, StageSpec stage = {});
+  LlamaImpl(const ModelConfig& cfg, LlamaBuild build);
 
   // Whole stage: input_ids (first stage) or hidden states (later stages) -> logits (last
   // stage, (B, T, vocab), fp32) or hidden states (B, T, h).
   at::Tensor forward(const Batch& batch, const at::Tensor& hidden_in = {});
+  // The same, with the loss computed inside the head unit (so no (B, T, V) logits tensor leaves
+  // it, and a vocab-parallel loss can replace it): the sum of token cross-entropy over
+  // batch.labels (x token_weights (B, T) when defined), fp32 scalar. Last stage only.
+  at::Tensor forward_loss(const Batch& batch, const at::Tensor& token_weights = {},
+                          const at::Tensor& hidden_in = {});
 
-  // The unit chain (see the file comment).
-  int64_t num_units() const;
-  std::vector<std::pair<std::string, at::Tensor>> unit_parameters(int64_t unit) const;
-  void set_unit_runner(UnitRunner runner) { runner_ = std::move(runner); }
+  // The unit chain (see the file comment and models/unit_chain.h).
+  int64_t num_units() const override;
+  std::vector<std::pair<std::string, at::Tensor>> unit_parameters(int64_t unit) const override;
+  std::vector<int64_t> unit_reads(int64_t unit) const override;
+  std::vector<std::pair<std::string, at::Tensor>> chain_parameters() const override;
+  void set_unit_runner(UnitRunner runner) override { runner_ = std::move(runner); }
   AttentionContext attention_context(const Batch& batch, const at::TensorOptions& opts) const;
 
-  // Random init: normal(0, init_std) for matrices, scaled by 1/sqrt(2L) for the output
-  // projections (o_proj, down_proj); ones for norms. Deterministic given the torch seed.
-  void reset_parameters();
+  // Random init (models/weight_source.h): normal(0, init_std) for matrices, scaled by 1/sqrt(2L)
+  // for the output projections (o_proj, down_proj); ones for norms. Each tensor from a generator
+  // seeded by (seed, its global name), so every layout gets the same values.
+  void reset_parameters(uint64_t seed);
+  void reset_parameters();  // with the torch seed (at::manual_seed) as the seed
 
   const ModelConfig& config() const { return cfg_; }
   const StageSpec& stage() const { return stage_; }
 
-  torch::nn::Embedding embed_tokens{nullptr};  // registered as model.embed_tokens
-  std::vector<DecoderLayer> layers;            // [local index] -> model.layers.<global>
-  RMSNorm norm{nullptr};                       // model.norm
-  torch::nn::Linear lm_head{nullptr};          // lm_head (absent when tied)
+  Embedding embed_tokens{nullptr};   // registered as model.embed_tokens
+  std::vector<DecoderLayer> layers;  // [local index] -> model.layers.<global>
+  RMSNorm norm{nullptr};             // model.norm
+  Projection lm_head{nullptr};       // lm_head (absent when tied)
 
  private:
   ModelConfig cfg_;
   StageSpec stage_;
   UnitRunner runner_;
+  at::Tensor run_units(const Batch& batch, const at::Tensor& hidden_in, const UnitFn& head);
   // Rotary tables are the same every step: kept for the longest span, dtype and device seen
   // (dynamic NTK scaling depends on the span, so there only an equal span is reused).
   mutable RopeTables rope_cache_;

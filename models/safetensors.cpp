@@ -220,25 +220,22 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
 // ---------------------------------------------------------------------------------------------
 // Writer
 
-void write_safetensors(const std::string& path,
-                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  std::vector<at::Tensor> data;  // [i] contiguous CPU copy (or the tensor itself) of tensors[i]
-  data.reserve(tensors.size());
+void write_safetensors_streamed(const std::string& path, const std::vector<TensorHeader>& tensors,
+                                const std::function<at::Tensor(size_t)>& fetch,
+                                const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   int64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    KILN_CHECK(t.defined(), "write_safetensors: tensor '", name, "' is undefined");
-    KILN_CHECK(name != "__metadata__" && !header.contains(name),
-               "write_safetensors: duplicate or reserved tensor name '", name, "'");
-    at::Tensor c = t.detach().to(at::kCPU).contiguous();
-    const int64_t bytes = static_cast<int64_t>(c.nbytes());
-    header[name] = {{"dtype", safetensors_dtype_name(c.scalar_type())},
-                    {"shape", c.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
+  for (const TensorHeader& t : tensors) {
+    KILN_CHECK(t.name != "__metadata__" && !header.contains(t.name),
+               "write_safetensors: duplicate or reserved tensor name '", t.name, "'");
+    int64_t numel = 1;
+    for (int64_t d : t.shape) numel *= d;
+    const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(t.dtype));
+    header[t.name] = {{"dtype", safetensors_dtype_name(t.dtype)},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
-    data.push_back(std::move(c));
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
@@ -247,9 +244,25 @@ void write_safetensors(const std::string& path,
   atomic_write(path, [&](int fd, const std::string& tmp) {
     write_all(fd, &n, 8, tmp);
     write_all(fd, text.data(), text.size(), tmp);
-    for (const at::Tensor& c : data)
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      at::Tensor c = fetch(i).detach().to(at::kCPU).contiguous();
+      KILN_CHECK(c.scalar_type() == tensors[i].dtype && c.sizes().vec() == tensors[i].shape,
+                 "write_safetensors: tensor '", tensors[i].name, "' is not what its header says");
       if (c.nbytes() > 0) write_all(fd, c.data_ptr(), c.nbytes(), tmp);
+    }
   });
+}
+
+void write_safetensors(const std::string& path,
+                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorHeader> headers;
+  headers.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) {
+    KILN_CHECK(t.defined(), "write_safetensors: tensor '", name, "' is undefined");
+    headers.push_back({name, t.scalar_type(), t.sizes().vec()});
+  }
+  write_safetensors_streamed(path, headers, [&](size_t i) { return tensors[i].second; }, metadata);
 }
 
 }  // namespace kiln

@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -43,6 +44,8 @@ class SafetensorsFile {
   // changes the file. Data not aligned to its element size is copied instead.
   at::Tensor tensor(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // See MappedFile::drop_pages(): for readers that copy out of the mapping and never write it.
+  void drop_pages() const { file_->drop_pages(); }
 
  private:
   std::shared_ptr<MappedFile> file_;
@@ -57,6 +60,18 @@ class SafetensorsFile {
 void write_safetensors(const std::string& path,
                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+// The same, one tensor at a time: the header is built from names, dtypes and shapes, then
+// fetch(i) is called for each tensor in order and written at once, so only one tensor is in
+// memory (kiln export assembling a model from checkpoint shards).
+struct TensorHeader {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+};
+void write_safetensors_streamed(const std::string& path, const std::vector<TensorHeader>& tensors,
+                                const std::function<at::Tensor(size_t)>& fetch,
+                                const std::map<std::string, std::string>& metadata = {});
 
 // "F32" <-> at::kFloat etc. UserError for a name outside the supported set.
 at::ScalarType safetensors_dtype(const std::string& name);

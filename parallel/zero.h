@@ -1,20 +1,25 @@
-// ZeroOptimizer: the optimizer side of training over the data-parallel group.
-//   stage 0: gradients all-reduced (bucketed), every rank holds full fp32 master + Adam moments
-//   stage 1: fp32 master weights and Adam moments sharded across dp ranks (flat buffer, rank r
-//            owns elements [r*n/dp, (r+1)*n/dp) of the padded flat parameter space)
-//   stage 2: also gradients: reduce-scattered into flat bucketed shards
-//   stage 3: also the parameters: model tensors are released between uses and all-gathered per
-//            unit (see LlamaImpl's UnitRunner) just before its forward and again before its
-//            backward, the next unit prefetched.
-// AdamW with decoupled weight decay on matrices (dim >= 2) only; fp32 master weights, the
-// model's tensors (bf16 on CUDA, fp32 on the CPU) are copies of the master.
+// ZeroOptimizer: AdamW with fp32 master weights over the data-parallel group, ZeRO stages 0-3
+// behind one interface and one implementation.
 //
-// Devices: the fp32 state (master, moments, reduced gradient) starts where the model's tensors
-// are when the optimizer is built (the trainer builds it on the CPU, to copy exact fp32 values,
-// and moves the model afterwards) and moves with to(). Collectives and the gradient flattening
-// always run on the model's device (NCCL needs CUDA tensors); with the state on the host
-// (train.optimizer_offload: cpu) each step copies the reduced gradient shard down and the
-// updated master shard up.
+// The trained parameters are laid out per unit of the model (models/unit_chain.h): each unit's
+// parameters end to end in one flat space padded to dp * S, rank r's partition being
+// [r*S, (r+1)*S). What a stage changes is what a rank keeps and how gradients and weights move:
+//   stage 0: every rank keeps the whole fp32 state; gradients all-reduced (bucketed)
+//   stage 1: fp32 master and moments only for the rank's partition; gradients all-reduced
+//   stage 2: also gradients: reduce-scattered into the partition
+//   stage 3: also the parameters: the model's tensors are empty between uses and each unit is
+//            all-gathered just before its forward and again before its backward (recompute()
+//            with hooks, models/recompute.h), the next unit prefetched; its gradients are
+//            reduce-scattered into the partition as soon as its backward is done.
+// AdamW with decoupled weight decay on matrices (dim >= 2) only.
+//
+// Values come from a WeightSource (models/weight_source.h): under stage 3 a rank reads only its
+// partition of each tensor, so no rank ever holds the whole model; under stages 0-2 every rank
+// holds the whole model in the compute dtype anyway and reads it tensor by tensor.
+//
+// Devices: the fp32 state starts on the CPU beside the fp32 model and follows to(): the model's
+// device after model->to(), or the host (train.optimizer_offload: cpu). Collectives and the
+// gradient flattening run on the model's device (NCCL needs CUDA tensors).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
@@ -25,11 +30,13 @@
 #include <utility>
 #include <vector>
 
+#include "parallel/tensor_slice.h"
+
 namespace kiln {
 
 class Communicator;
-class LlamaImpl;
-class Zero3Optimizer;
+class UnitChain;
+class WeightSource;
 
 struct AdamWOptions {
   double weight_decay = 0.1;
@@ -45,56 +52,69 @@ void adamw_update(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_s
                   const at::Tensor& decay_mask, double lr, double grad_scale, int64_t step,
                   const AdamWOptions& h);
 
-// A slice of a named global tensor: elements [flat_begin, flat_end) of the flattened tensor.
-// Checkpoints store optimizer state as such slices so that a different dp size (or tp/pp
-// layout) can reassemble and re-slice them.
-struct TensorSlice {
-  std::string name;  // e.g. "exp_avg/model.layers.0.mlp.up_proj.weight"
-  std::vector<int64_t> global_shape;
-  int64_t flat_begin = 0, flat_end = 0;
-  at::Tensor data;  // 1-D, flat_end - flat_begin elements, fp32
-};
-
 class ZeroOptimizer {
  public:
-  // zero3_keep_gathered: stage 3 keeps each unit gathered from its forward to its backward.
-  ZeroOptimizer(LlamaImpl& model, Communicator& dp, int stage, int64_t bucket_bytes, AdamWOptions hyper,
+  // The model's parameters already hold their values (materialised): they are the start.
+  ZeroOptimizer(UnitChain& model, Communicator& dp, int stage, int64_t bucket_bytes, AdamWOptions hyper,
                 bool zero3_keep_gathered = false);
+  // The model was built on the meta device: values are read from `source`, each rank reading
+  // what it keeps (stage 3: its partition of each tensor; else whole tensors).
+  ZeroOptimizer(UnitChain& model, Communicator& dp, int stage, int64_t bucket_bytes, AdamWOptions hyper,
+                bool zero3_keep_gathered, WeightSource& source);
   ~ZeroOptimizer();
+  ZeroOptimizer(const ZeroOptimizer&) = delete;
+  ZeroOptimizer& operator=(const ZeroOptimizer&) = delete;
 
-  int stage() const { return stage_; }
+  int stage() const;
   void zero_grad();
   // After the last micro-batch's backward of a step.
   void reduce_gradients();
   // Global L2 norm of the reduced gradient, across shards and ranks (same on every rank).
   double grad_norm();
   // Multiplies gradients by grad_scale (clipping), applies AdamW at lr, writes the new values
-  // into the model's tensors (stage 1/2: all-gather of the updated shards).
+  // into the model's tensors (stage 1/2: all-gather of the updated partitions, unit by unit).
   void step(double lr, double grad_scale);
-  int64_t steps_taken() const { return steps_; }
+  int64_t steps_taken() const;
 
-  // Moves the fp32 state to `device`: the model's device after model->to(), or the CPU for
-  // optimizer offload. Values are unchanged.
+  // Moves the fp32 state to `device`. Values are unchanged.
   void to(const c10::Device& device);
   c10::Device state_device() const;
 
-  // This rank's optimizer state: "master/NAME", "exp_avg/NAME", "exp_avg_sq/NAME" slices.
+  // The names of the trained parameters with their global shapes, in model order.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> trained_shapes() const;
+  // This rank's partition of the state as N-d slices: "master/NAME", "exp_avg/NAME",
+  // "exp_avg_sq/NAME" (under stage 0 too, every rank writes only its partition, so the ranks'
+  // slices together cover every tensor exactly once). Views of the state when it is on the
+  // host: valid until the next step().
   std::vector<TensorSlice> state_slices() const;
-  // Restores from slices gathered from any layout (each rank passes whatever covers its
-  // shard; missing coverage is an error naming the tensor). Also sets the model's tensors.
+  // Restores master and moments for what this rank keeps from slices saved on any layout.
   void load_state(const std::vector<TensorSlice>& slices, int64_t steps);
-  // The full fp32 value of every trained parameter (collective over dp: every rank calls it),
-  // in model order with global names — what checkpoints and exports write.
+  // The same from a source that serves "master/NAME", "exp_avg/NAME" and "exp_avg_sq/NAME" (a
+  // checkpoint): only the ranges this rank keeps are read. Also sets the model's tensors.
+  void load_state(WeightSource& state, int64_t steps);
+  // The full fp32 value of every trained parameter (collective over dp), in model order with
+  // global names. The whole model on every rank: for tests and small tools only.
   std::vector<std::pair<std::string, at::Tensor>> gather_parameters() const;
-  // Parameter bytes this rank currently holds in the model's tensors (ZeRO-3 measurement).
+
+  // Parameter bytes this rank holds now (stage 3: the gathered units plus its partition).
   int64_t resident_parameter_bytes() const;
+  // Stage 3: the largest resident_parameter_bytes() seen at any gather since zero_grad(), and
+  // the bytes held right after each unit's forward and backward released it (between layers: the
+  // partition plus the prefetched unit).
+  int64_t peak_resident_parameter_bytes() const;
+  std::vector<int64_t> resident_between_units() const;
+
+  struct Impl;
 
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-  std::unique_ptr<Zero3Optimizer> zero3_;  // stage 3 (parallel/zero3.h): every call goes there
-  int stage_;
-  int64_t steps_ = 0;
+  std::shared_ptr<Impl> impl_;  // shared with the unit runner installed on the model (stage 3)
+};
+
+// ZeRO-3 under its historical name (tests and tools that build stage 3 directly).
+class Zero3Optimizer : public ZeroOptimizer {
+ public:
+  Zero3Optimizer(UnitChain& model, Communicator& dp, AdamWOptions hyper, bool keep_gathered = false)
+      : ZeroOptimizer(model, dp, 3, int64_t{25} << 20, hyper, keep_gathered) {}
 };
 
 }  // namespace kiln

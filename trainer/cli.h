@@ -29,6 +29,7 @@ int cmd_eval(int argc, char** argv);
 int cmd_plan(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
 int cmd_export(int argc, char** argv);
+int cmd_verify(int argc, char** argv);
 int cmd_prep(int argc, char** argv);       // data/prep_command.cpp
 int cmd_tokenizer(int argc, char** argv);  // data/prep_command.cpp
 

@@ -1,9 +1,15 @@
 // The verbs train, eval, plan, generate and export (prep and tokenizer live in data/).
+#include <ATen/ATen.h>
+
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <map>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "models/hf.h"
+#include "models/weight_source.h"
 #include "parallel/communicator.h"
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
@@ -125,10 +131,12 @@ int cmd_generate(int argc, char** argv) {
 }
 
 int cmd_export(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"out", "format"}, {});
+  Args a = parse_args(argc, argv, 2, {"out", "format", "dtype"}, {});
   const char* usage =
-      "usage: kiln export CHECKPOINT_DIR|RUN_DIR --out DIR [--format hf]\n"
-      "  Writes the checkpoint's weights as a Hugging Face model (config.json + safetensors).\n";
+      "usage: kiln export CHECKPOINT_DIR|RUN_DIR --out DIR [--format hf] [--dtype fp32|bf16|fp16]\n"
+      "  Writes the checkpoint's weights as a Hugging Face model (config.json + safetensors,\n"
+      "  sharded above 5 GB), assembled from the checkpoint's shards one tensor at a time.\n"
+      "  The checkpoint is verified first (sizes, checksums, coverage).\n";
   if (a.help) {
     std::printf("%s", usage);
     return 0;
@@ -136,13 +144,67 @@ int cmd_export(int argc, char** argv) {
   if (a.positional.size() != 1 || !a.has("out")) user_error("expected a checkpoint and --out DIR\n", usage);
   const std::string format = a.get("format", "hf");
   if (format != "hf") user_error("--format ", format, ": valid: hf (peft arrives with LoRA)");
-  std::string dir = a.positional[0];
-  std::string latest = latest_checkpoint(dir);  // a run dir: its latest checkpoint
-  if (!latest.empty()) dir = latest;
+  const std::string dtype_name = a.get("dtype", "fp32");
+  at::ScalarType dtype = at::kFloat;
+  if (dtype_name == "bf16")
+    dtype = at::kBFloat16;
+  else if (dtype_name == "fp16")
+    dtype = at::kHalf;
+  else if (dtype_name != "fp32")
+    user_error("--dtype ", dtype_name, ": valid: fp32 | bf16 | fp16");
+  const std::string dir = resolve_checkpoint(a.positional[0]);
   Config cfg = load_config(dir + "/config.yaml");
-  save_hf(read_checkpoint_weights(dir), cfg.model, a.get("out"));
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& [n, shape] : checkpoint_tensors(dir)) shapes[n] = shape;
+  std::unique_ptr<WeightSource> source = checkpoint_weights_source(dir);
+  save_hf_streamed(
+      cfg.model, dtype,
+      [&](const std::string& name) {
+        auto it = shapes.find(name);
+        if (it == shapes.end()) user_error(dir, ": checkpoint has no tensor '", name, "' for the export");
+        return source->read_full(name, it->second);
+      },
+      a.get("out"));
   log0("exported ", dir, " -> ", a.get("out"));
   return 0;
+}
+
+int cmd_verify(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {}, {});
+  const char* usage =
+      "usage: kiln verify CHECKPOINT_DIR|RUN_DIR\n"
+      "  Checks a checkpoint as a resume does (every file present, sizes, xxh3-64 checksums,\n"
+      "  safetensors headers, slices covering every tensor) and prints one line per file.\n"
+      "  A run directory: every step-* in it. Exit 0 when all are usable, 2 otherwise.\n";
+  if (a.help) {
+    std::printf("%s", usage);
+    return 0;
+  }
+  if (a.positional.size() != 1) user_error("expected a checkpoint or run directory\n", usage);
+  namespace fs = std::filesystem;
+  const fs::path path = a.positional[0];
+  std::vector<fs::path> dirs;
+  if (fs::is_directory(path / "checkpoints")) {
+    for (const auto& e : fs::directory_iterator(path / "checkpoints"))
+      if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0) dirs.push_back(e.path());
+    std::sort(dirs.begin(), dirs.end());
+  } else if (fs::is_directory(path)) {
+    dirs.push_back(path);
+  } else {
+    user_error(path.string(), ": no such checkpoint or run directory");
+  }
+  if (dirs.empty()) user_error(path.string(), ": has no checkpoints");
+  bool all_ok = true;
+  for (const fs::path& d : dirs) {
+    const CheckpointCheck check = verify_checkpoint(d.string());
+    for (const auto& f : check.files)
+      std::printf("%-4s %s  %lld bytes%s%s\n", f.problem.empty() ? "ok" : "BAD", (d / f.name).string().c_str(),
+                  static_cast<long long>(f.bytes), f.problem.empty() ? "" : "  ", f.problem.c_str());
+    std::printf("%s %s%s%s\n", check.ok() ? "usable  " : "UNUSABLE", d.string().c_str(), check.ok() ? "" : ": ",
+                check.problem.c_str());
+    all_ok = all_ok && check.ok();
+  }
+  return all_ok ? 0 : 2;
 }
 
 }  // namespace kiln

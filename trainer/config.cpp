@@ -328,7 +328,7 @@ std::vector<Key> schema(Config& cfg) {
       int_key("data.prefetch", &d.prefetch, 0, 64, "batches prepared ahead by the loader"),
       string_key("train.run_dir", &t.run_dir, "directory for logs, metrics.jsonl and checkpoints"),
       int_key("train.seed", &t.seed, 0, kMax, "seed for init, data order and dropout"),
-      int_key("train.steps", &t.steps, 1, kMax, "optimizer steps"),
+      int_key("train.steps", &t.steps, 0, kMax, "optimizer steps (0: save the initial weights as step 0)"),
       int_key("train.micro_batch_size", &t.micro_batch_size, 1, kMax, "sequences per forward on each rank"),
       int_key("train.global_batch_size", &t.global_batch_size, 0, kMax,
               "sequences per step, 0 = micro_batch_size * dp"),
@@ -609,6 +609,16 @@ void validate_layout(const Config& cfg, int64_t world_size) {
   if (global % (cfg.train.micro_batch_size * dp) != 0)
     user_error("train.global_batch_size (", global, ") must be a multiple of train.micro_batch_size (",
                cfg.train.micro_batch_size, ") x data-parallel size (", dp, ")");
+  // What this build cannot run yet: refused here, so `kiln plan` and `kiln train` agree.
+  if (p.tp > 1 || p.pp > 1)
+    user_error(
+        "parallel.tp / parallel.pp > 1: tensor and pipeline parallelism are not in this build yet; "
+        "valid: tp: 1, pp: 1 (data parallel with parallel.zero 0-3)");
+  if (p.sequence_parallel)
+    user_error("parallel.sequence_parallel: needs tensor parallelism, not in this build yet; valid: false");
+  if (cfg.lora.rank > 0) user_error("lora.rank: LoRA is not in this build yet; valid: 0");
+  if (cfg.train.eval_every > 0 && cfg.data.eval.empty())
+    user_error("train.eval_every: ", cfg.train.eval_every, " needs data.eval");
 }
 
 std::string to_yaml(const Config& cfg) {

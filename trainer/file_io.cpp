@@ -41,6 +41,10 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
   ::close(fd);
 }
 
+void MappedFile::drop_pages() const {
+  if (data_) ::madvise(data_, static_cast<size_t>(size_), MADV_DONTNEED);
+}
+
 MappedFile::~MappedFile() {
   if (data_) ::munmap(data_, static_cast<size_t>(size_));
 }

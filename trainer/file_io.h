@@ -21,6 +21,10 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   int64_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Drops the pages read so far from this process (they are read again from the file on the
+  // next access), so that reading a large file piece by piece never makes it resident as a
+  // whole. Only for mappings nobody wrote through: written pages would lose their changes.
+  void drop_pages() const;
 
  private:
   std::string path_;

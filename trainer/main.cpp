@@ -24,6 +24,7 @@ const Verb kVerbs[] = {
     {"plan", kiln::cmd_plan, "plan CONFIG             validate, print resolved config, size, FLOPs, memory"},
     {"generate", kiln::cmd_generate, "generate CONFIG --prompt TEXT   continue a prompt"},
     {"export", kiln::cmd_export, "export CKPT_DIR --out DIR       write a Hugging Face checkpoint"},
+    {"verify", kiln::cmd_verify, "verify CKPT_OR_RUN_DIR          check a checkpoint (sizes, checksums, coverage)"},
     {"prep", kiln::cmd_prep, "prep DATA_JSON --tokenizer MODEL --out DIR   tokenize into a token store"},
     {"tokenizer", kiln::cmd_tokenizer,
      "tokenizer train --input FILES --out PREFIX   train a sentencepiece BPE"},

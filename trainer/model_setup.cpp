@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "models/hf.h"
+#include "models/weight_source.h"
 #include "trainer/checkpoint.h"
 #include "trainer/error.h"
 
@@ -48,29 +49,28 @@ void load_named_weights(LlamaImpl& model, const std::vector<std::pair<std::strin
   }
 }
 
-Llama build_model(const Config& cfg, bool prefer_run_dir, std::string* from) {
-  at::manual_seed(static_cast<uint64_t>(cfg.train.seed));
-  Llama model(cfg.model);
-  std::string source = "random init (seed " + std::to_string(cfg.train.seed) + ")";
-  std::string ckpt = prefer_run_dir ? latest_checkpoint(cfg.train.run_dir) : "";
+std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const LlamaImpl& model) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  for (const auto& item : model.named_parameters()) out.emplace_back(item.key(), item.value().sizes().vec());
+  return out;
+}
+
+std::unique_ptr<WeightSource> initial_weights(const Config& cfg, const LlamaImpl& model) {
   const std::string& init = cfg.model.init_from;
-  if (!ckpt.empty()) {
-    load_named_weights(*model, read_checkpoint_weights(ckpt), ckpt);
-    source = ckpt;
-  } else if (init.rfind("hf:", 0) == 0) {
-    load_hf_weights(*model, init.substr(3));
-    source = init;
-  } else if (init.rfind("ckpt:", 0) == 0) {
-    std::string dir = init.substr(5);
-    if (fs::exists(fs::path(dir) / "checkpoints")) {
-      std::string latest = latest_checkpoint(dir);
-      if (latest.empty()) user_error("model.init_from: ", dir, " has no checkpoint yet");
-      dir = latest;
-    }
-    load_named_weights(*model, read_checkpoint_weights(dir), dir);
-    source = init;
+  if (init.rfind("hf:", 0) == 0) return hf_weight_source(init.substr(3), parameter_shapes(model));
+  if (init.rfind("ckpt:", 0) == 0) {
+    const std::string dir = resolve_checkpoint(init.substr(5));
+    return checkpoint_weights_source(dir);
   }
-  if (from) *from = source;
+  return random_init_source(cfg.model, static_cast<uint64_t>(cfg.train.seed));
+}
+
+Llama build_model(const Config& cfg, bool prefer_run_dir, std::string* from) {
+  Llama model(cfg.model, LlamaBuild{StageSpec{}, {}, /*meta=*/true});
+  const std::string ckpt = prefer_run_dir ? find_resume_checkpoint(cfg.train.run_dir) : "";
+  std::unique_ptr<WeightSource> source = ckpt.empty() ? initial_weights(cfg, *model) : checkpoint_weights_source(ckpt);
+  materialize(*model, *source);
+  if (from) *from = ckpt.empty() && cfg.model.init_from != "none" ? cfg.model.init_from : source->describe();
   return model;
 }
 

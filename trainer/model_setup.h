@@ -4,6 +4,7 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,6 +24,12 @@ ComputeSetup compute_setup(const Config& cfg);
 // `what` names the source in errors. Every model parameter must be present.
 void load_named_weights(LlamaImpl& model, const std::vector<std::pair<std::string, at::Tensor>>& named,
                         const std::string& what);
+
+class WeightSource;
+// Where a new run's weights come from: model.init_from (hf:DIR, ckpt:DIR, verified) or the seeded
+// random init. `model` gives the names and shapes (it may hold placeholders).
+std::unique_ptr<WeightSource> initial_weights(const Config& cfg, const LlamaImpl& model);
+std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const LlamaImpl& model);
 
 // A model with weights from, in order: the latest checkpoint under train.run_dir (when
 // prefer_run_dir), model.init_from (hf:DIR, ckpt:DIR), or a seeded random init. Returns the

@@ -1,10 +1,15 @@
-// The training loop (see trainer.h). One step: every micro-batch of this rank forward and
-// backward (loss = sum over trained tokens / trained tokens of the whole global batch, so
-// accumulation and data parallelism need no further scaling), gradients reduced over dp,
-// global-norm clipping, AdamW on the fp32 master, then the log line, metrics and checkpoint.
+// The training loop (see trainer.h), in pieces: setup (layout, mesh, the rank's model and
+// optimizer built from its weight source), resume, step, metrics, checkpoint. One step: every
+// micro-batch of this rank through the StepRunner (loss = sum over trained tokens / trained
+// tokens of the whole global batch, so accumulation and data parallelism need no further
+// scaling), gradients reduced over dp, global-norm clipping, AdamW on the fp32 master, then the
+// log line, metrics and checkpoint.
 #include "trainer/trainer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <sys/resource.h>
 #include <torch/cuda.h>
 #ifdef KILN_WITH_CUDA
@@ -17,6 +22,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "data/loader.h"
@@ -24,6 +30,7 @@
 #include "models/recompute.h"
 #include "parallel/communicator.h"
 #include "parallel/mesh.h"
+#include "models/weight_source.h"
 #include "parallel/zero.h"
 #include "trainer/checkpoint.h"
 #include "trainer/error.h"
@@ -31,6 +38,7 @@
 #include "trainer/log.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/model_setup.h"
+#include "trainer/step_runner.h"
 
 namespace fs = std::filesystem;
 
@@ -95,231 +103,297 @@ void install_activation_checkpointing(LlamaImpl& model, const std::string& mode)
   }
 }
 
-Batch to_device(Batch b, const c10::Device& device) {
-  if (device.is_cpu()) return b;
-  b.input_ids = b.input_ids.to(device, /*non_blocking=*/true);
-  b.labels = b.labels.to(device, /*non_blocking=*/true);
-  b.position_ids = b.position_ids.to(device, /*non_blocking=*/true);
-  return b;
+struct StepStats {
+  double loss = 0, norm = 0, lr = 0, loss_tokens = 0, seconds = 0;
+};
+
+// One run of `kiln train`: what setup builds and every later piece uses.
+class Trainer {
+ public:
+  Trainer(const Config& cfg, const TrainOptions& opts)
+      : cfg_(cfg),
+        opts_(opts),
+        launch_(launch_info()),
+        setup_(compute_setup(cfg)),
+        mesh_(make_world_communicator(cfg.parallel.backend, setup_.device.is_cuda(), cfg.parallel.timeout_s),
+              static_cast<int>(cfg.parallel.tp), static_cast<int>(cfg.parallel.pp)),
+        dp_size_(mesh_.dp_size()),
+        accum_(accumulation_steps(cfg, launch_.world_size)),
+        global_batch_(cfg.train.micro_batch_size * dp_size_ * accum_),
+        rank0_(mesh_.world().rank() == 0),
+        run_dir_(cfg.train.run_dir),
+        config_yaml_(to_yaml(cfg)) {}
+
+  TrainResult run();
+
+ private:
+  void find_resume();
+  void build();
+  void restore();
+  StepStats step(int64_t step);
+  void write_metrics(int64_t step, const StepStats& s);
+  void save(int64_t step);
+
+  const Config& cfg_;
+  TrainOptions opts_;
+  const LaunchInfo& launch_;
+  ComputeSetup setup_;
+  Mesh mesh_;
+  int64_t dp_size_, accum_, global_batch_;
+  bool rank0_;
+  fs::path run_dir_;
+  std::string config_yaml_;
+  std::string resume_dir_;
+  Llama model_{nullptr};
+  std::unique_ptr<ZeroOptimizer> optimizer_;
+  std::unique_ptr<DataLoader> loader_;
+  std::unique_ptr<StepRunner> runner_;
+  std::ofstream metrics_;
+  std::vector<std::string> sources_;
+  int64_t start_step_ = 0, tokens_seen_ = 0;
+};
+
+// The checkpoint to resume from, decided by rank 0 (it verifies every file once) and shared:
+// the step number, -1 for none, -2 when rank 0 refused (its message says why).
+void Trainer::find_resume() {
+  if (cfg_.train.resume == "never") return;
+  if (cfg_.train.resume != "auto") {
+    if (!fs::exists(fs::path(cfg_.train.resume) / "state.json"))
+      user_error("train.resume: ", cfg_.train.resume,
+                 " is not a checkpoint directory (no state.json); valid: auto | never | DIR");
+    resume_dir_ = resolve_checkpoint(cfg_.train.resume);
+    return;
+  }
+  at::Tensor code = at::zeros({1}, at::kDouble);
+  std::string dir, error;
+  if (rank0_) {
+    try {
+      dir = find_resume_checkpoint(run_dir_.string());
+      code[0] = dir.empty() ? -1.0 : static_cast<double>(read_checkpoint_state(dir).step);
+    } catch (const UserError& e) {
+      error = e.what();
+      code[0] = -2.0;
+    }
+  }
+  all_reduce_host(mesh_.world(), code, setup_.device);
+  const int64_t c = static_cast<int64_t>(code[0].item<double>());
+  if (c == -2) user_error(rank0_ ? error : "rank 0 found no usable checkpoint (its message says why)");
+  if (c >= 0) resume_dir_ = (fs::path(checkpoint_root(run_dir_.string())) / checkpoint_dir_name(c)).string();
 }
 
-}  // namespace
-
-TrainResult train(const Config& cfg, const TrainOptions& opts) {
-  const LaunchInfo& launch = launch_info();
-  ComputeSetup setup = compute_setup(cfg);
-  validate_layout(cfg, launch.world_size);
-  if (cfg.parallel.tp > 1 || cfg.parallel.pp > 1)
-    user_error(
-        "parallel.tp / parallel.pp > 1: tensor and pipeline parallelism are not in this build yet; "
-        "valid: tp: 1, pp: 1 (data parallel with parallel.zero 0-3)");
-  if (cfg.lora.rank > 0) user_error("lora.rank: LoRA is not in this build yet; valid: 0");
-  if (cfg.parallel.sequence_parallel)
-    user_error("parallel.sequence_parallel: needs tensor parallelism, not in this build yet; valid: false");
-  if (cfg.train.eval_every > 0 && cfg.data.eval.empty())
-    user_error("train.eval_every: ", cfg.train.eval_every, " needs data.eval");
-  if (cfg.train.threads > 0) at::set_num_threads(static_cast<int>(cfg.train.threads));
-
-  Mesh mesh(make_world_communicator(cfg.parallel.backend, setup.device.is_cuda(), cfg.parallel.timeout_s),
-            static_cast<int>(cfg.parallel.tp), static_cast<int>(cfg.parallel.pp));
-  Communicator& dp = mesh.dp();
-  Communicator& world = mesh.world();
-  const int64_t dp_size = mesh.dp_size();
-  const int64_t accum = accumulation_steps(cfg, launch.world_size);
-  const int64_t global_batch = cfg.train.micro_batch_size * dp_size * accum;
-  const bool rank0 = world.rank() == 0;
-  const std::string where = launch_layout();  // collective: every rank takes part
-
-  const fs::path run_dir = cfg.train.run_dir;
-  const std::string config_yaml = to_yaml(cfg);
-  if (rank0) {
-    fs::create_directories(run_dir);
-    write_file_atomic((run_dir / "config.yaml").string(), config_yaml);
-    log0("kiln train: ", cfg.source, " -> ", run_dir.string());
-    log0("processes: ", where);
-    log0("layout: world ", launch.world_size, " = tp ", mesh.tp_size(), " x pp ", mesh.pp_size(), " x dp ",
-         dp_size, ", ZeRO-", cfg.parallel.zero, ", ", accum, " micro-batches of ", cfg.train.micro_batch_size,
-         " per rank per step, global batch ", global_batch, " x ", cfg.data.seq_len, " tokens, ",
-         setup.device.is_cuda() ? "cuda" : "cpu", " ", c10::toString(setup.dtype));
+// The rank's model: built with placeholders, then only what the rank keeps is read from the
+// weight source (the checkpoint when resuming, else model.init_from or the seeded init).
+void Trainer::build() {
+  model_ = Llama(cfg_.model, LlamaBuild{StageSpec{}, {}, /*meta=*/true});
+  std::unique_ptr<WeightSource> source =
+      resume_dir_.empty() ? initial_weights(cfg_, *model_) : checkpoint_weights_source(resume_dir_);
+  optimizer_ = std::make_unique<ZeroOptimizer>(
+      *model_, mesh_.dp(), static_cast<int>(cfg_.parallel.zero), cfg_.parallel.bucket_mb << 20,
+      AdamWOptions{cfg_.train.weight_decay, cfg_.train.betas[0], cfg_.train.betas[1], cfg_.train.eps},
+      cfg_.parallel.zero3_keep_gathered, *source);
+  {
+    // Parameters the optimizer does not train (frozen) are read whole.
+    at::NoGradGuard no_grad;
+    for (auto& item : model_->named_parameters())
+      if (is_shape_only(item.value())) item.value().set_data(source->read_full(item.key(), item.value().sizes().vec()));
   }
+  if (resume_dir_.empty()) log0("weights: ", cfg_.model.init_from != "none" ? cfg_.model.init_from : source->describe());
+  loader_ = std::make_unique<DataLoader>(cfg_, mesh_.coords().dp, dp_size_, global_batch_);
+  runner_ = no_pipeline_runner(*model_, setup_.device);
+}
 
-  // Resume point: a checkpoint of this run, or an explicit directory.
-  std::string resume_dir;
-  if (cfg.train.resume == "auto")
-    resume_dir = latest_checkpoint(cfg.train.run_dir);
-  else if (cfg.train.resume != "never") {
-    resume_dir = cfg.train.resume;
-    if (!fs::exists(fs::path(resume_dir) / "state.json"))
-      user_error("train.resume: ", resume_dir,
-                 " is not a checkpoint directory (no state.json); valid: auto | never | DIR");
+void Trainer::restore() {
+  if (resume_dir_.empty()) return;
+  CheckpointState st = read_checkpoint_state(resume_dir_);
+  optimizer_->load_state(*checkpoint_state_source(resume_dir_), st.step);
+  loader_->restore(st.data.get<LoaderState>());
+  const std::vector<std::string> rng = checkpoint_rng_states(resume_dir_);
+  if (static_cast<int>(rng.size()) == mesh_.world().size()) {
+    const std::string& hex = rng[mesh_.world().rank()];
+    at::Tensor bytes = at::empty({static_cast<int64_t>(hex.size() / 2)}, at::kByte);
+    for (int64_t i = 0; i < bytes.numel(); ++i)
+      bytes.data_ptr<uint8_t>()[i] = static_cast<uint8_t>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(bytes);
   }
+  start_step_ = st.step;
+  tokens_seen_ = st.extra.value("tokens_seen", int64_t(0));
+  log0("resumed from ", resume_dir_, " at step ", start_step_);
+}
 
-  std::string weights_from;
-  Llama model = build_model(cfg, /*prefer_run_dir=*/false, &weights_from);
-  ZeroOptimizer optimizer(
-      *model, dp, static_cast<int>(cfg.parallel.zero), cfg.parallel.bucket_mb << 20,
-      AdamWOptions{cfg.train.weight_decay, cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps},
-      cfg.parallel.zero3_keep_gathered);
-  DataLoader loader(cfg, mesh.coords().dp, dp_size, global_batch);
-
-  int64_t start_step = 0;
-  int64_t tokens_seen = 0;
-  if (!resume_dir.empty()) {
-    CheckpointState st = read_checkpoint_state(resume_dir);
-    optimizer.load_state(read_checkpoint_slices(resume_dir), st.step);
-    loader.restore(st.data.get<LoaderState>());
-    start_step = st.step;
-    tokens_seen = st.extra.value("tokens_seen", int64_t(0));
-    log0("resumed from ", resume_dir, " at step ", start_step);
+StepStats Trainer::step(int64_t step) {
+  auto t0 = std::chrono::steady_clock::now();
+  const bool per_sample = cfg_.data.loss_average == "sample";
+  optimizer_->zero_grad();
+  std::vector<MicroBatch> micro(accum_);
+  at::Tensor counts = at::zeros({2}, at::kDouble);  // [trained tokens, samples] of the global batch
+  for (MicroBatch& mb : micro) {
+    mb.batch = loader_->next();
+    counts[0] += static_cast<double>(mb.batch.loss_tokens);
+    if (per_sample) {
+      SampleLossWeights w = sample_loss_weights(mb.batch);
+      mb.token_weights = w.weights;
+      counts[1] += static_cast<double>(w.samples);
+    }
+  }
+  // The loss divisor on every rank: trained tokens (or samples) of the whole global batch.
+  all_reduce_host(mesh_.dp(), counts, setup_.device);
+  StepStats s;
+  s.loss_tokens = std::max(1.0, counts[0].item<double>());
+  const double divisor = per_sample ? std::max(1.0, counts[1].item<double>()) : s.loss_tokens;
+  at::Tensor loss = runner_->run(micro, divisor).reshape({1});
+  optimizer_->reduce_gradients();
+  s.norm = optimizer_->grad_norm();
+  mesh_.dp().all_reduce(loss);
+  s.loss = loss.item<double>();
+  s.lr = lr_at(cfg_.train, step);
+  if (!std::isfinite(s.norm)) {
+    optimizer_->zero_grad();
   } else {
-    log0("weights: ", weights_from);
+    const double scale =
+        cfg_.train.grad_clip > 0 && s.norm > cfg_.train.grad_clip ? cfg_.train.grad_clip / (s.norm + 1e-6) : 1.0;
+    optimizer_->step(s.lr, scale);
   }
-  model->to(setup.device, setup.dtype);
+  s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return s;
+}
+
+void Trainer::write_metrics(int64_t step, const StepStats& s) {
+  if (!rank0_) return;
+  const int64_t step_tokens = global_batch_ * cfg_.data.seq_len;
+  // Global per-source tokens consumed so far (the loader's count at a step boundary).
+  const std::vector<int64_t> source_tokens = loader_->state().source_tokens;
+  nlohmann::json row = {{"step", step + 1},
+                        {"loss", s.loss},
+                        {"lr", s.lr},
+                        {"grad_norm", s.norm},
+                        {"loss_tokens", static_cast<int64_t>(s.loss_tokens)},
+                        {"tokens", tokens_seen_},
+                        {"tokens_per_s", step_tokens / s.seconds},
+                        {"step_s", s.seconds},
+                        {"peak_mem_bytes", peak_memory_bytes(setup_.device)}};
+  for (size_t i = 0; i < sources_.size() && i < source_tokens.size(); ++i)
+    row["source_tokens"][sources_[i]] = source_tokens[i];
+  row["packing_efficiency"] = loader_->packing_efficiency();
+  row["samples_truncated"] = loader_->truncated();  // over-long samples so far (data.overlong)
+  row["samples_dropped"] = loader_->dropped();
+  metrics_ << row.dump() << "\n" << std::flush;
+}
+
+void Trainer::save(int64_t step) {
+  CheckpointState st;
+  st.step = step;
+  st.data = loader_->state();
+  st.extra = {{"tokens_seen", tokens_seen_}};
+  st.layout = {{"world", launch_.world_size}, {"tp", mesh_.tp_size()}, {"pp", mesh_.pp_size()},
+               {"dp", dp_size_},              {"zero", cfg_.parallel.zero}};
+  CheckpointShard shard;
+  shard.slices = optimizer_->state_slices();
+  shard.dp_rank = mesh_.coords().dp;
+  shard.dp_size = static_cast<int>(dp_size_);
+  shard.tensors = parameter_shapes(*model_);
+  for (const auto& [name, shape] : optimizer_->trained_shapes()) shard.trained.push_back(name);
+  for (const auto& item : model_->named_parameters())
+    if (!item.value().requires_grad()) shard.frozen.emplace_back(item.key(), item.value());
+  save_checkpoint(cfg_.train.run_dir, mesh_.world(), st, shard, config_yaml_, cfg_.checkpoint.keep_last);
+}
+
+TrainResult Trainer::run() {
+  const std::string where = launch_layout();  // collective: every rank takes part
+  // The resume point first: nothing is written into the run directory if it is unusable.
+  find_resume();
+  if (rank0_) {
+    fs::create_directories(run_dir_);
+    write_file_atomic((run_dir_ / "config.yaml").string(), config_yaml_);
+    log0("kiln train: ", cfg_.source, " -> ", run_dir_.string());
+    log0("processes: ", where);
+    log0("layout: world ", launch_.world_size, " = tp ", mesh_.tp_size(), " x pp ", mesh_.pp_size(), " x dp ",
+         dp_size_, ", ZeRO-", cfg_.parallel.zero, ", ", accum_, " micro-batches of ", cfg_.train.micro_batch_size,
+         " per rank per step, global batch ", global_batch_, " x ", cfg_.data.seq_len, " tokens, ",
+         setup_.device.is_cuda() ? "cuda" : "cpu", " ", c10::toString(setup_.dtype));
+  }
+  build();
+  restore();
+  model_->to(setup_.device, setup_.dtype);
   // The fp32 optimizer state follows the model, unless offloaded to the host.
-  optimizer.to(cfg.train.optimizer_offload == "cpu" ? c10::Device(c10::kCPU) : setup.device);
-  if (cfg.train.optimizer_offload == "cpu" && setup.device.is_cuda())
+  optimizer_->to(cfg_.train.optimizer_offload == "cpu" ? c10::Device(c10::kCPU) : setup_.device);
+  if (cfg_.train.optimizer_offload == "cpu" && setup_.device.is_cuda())
     log0("optimizer_offload: cpu: fp32 master weights and AdamW moments stay on the host");
-  if (cfg.parallel.zero == 3 && cfg.train.activation_checkpointing == "full")
+  if (cfg_.parallel.zero == 3 && cfg_.train.activation_checkpointing == "full")
     log0("activation checkpointing: ZeRO-3 already recomputes each layer in backward (it re-gathers it)");
   else
-    install_activation_checkpointing(*model, cfg.train.activation_checkpointing);
-  log0("model: ", model->config().num_parameters(), " parameters, ",
-       model->config().flops_per_token(cfg.data.seq_len) / 1e9, " GFLOP per token");
+    install_activation_checkpointing(*model_, cfg_.train.activation_checkpointing);
+  log0("model: ", model_->config().num_parameters(), " parameters, ",
+       model_->config().flops_per_token(cfg_.data.seq_len) / 1e9, " GFLOP per token");
 
-  const fs::path metrics_path = run_dir / "metrics.jsonl";
-  std::ofstream metrics;
-  if (rank0) {
-    truncate_metrics(metrics_path, start_step);
-    metrics.open(metrics_path, std::ios::app);
+  const fs::path metrics_path = run_dir_ / "metrics.jsonl";
+  if (rank0_) {
+    truncate_metrics(metrics_path, start_step_);
+    metrics_.open(metrics_path, std::ios::app);
   }
   g_stop_signal = 0;
   auto old_term = std::signal(SIGTERM, on_stop_signal);
   auto old_int = std::signal(SIGINT, on_stop_signal);
 
   TrainResult result;
-  result.first_step = start_step;
-  const std::vector<std::string> sources = loader.source_names();
-  const bool per_sample = cfg.data.loss_average == "sample";
+  result.first_step = start_step_;
+  sources_ = loader_->source_names();
   int64_t skipped_in_row = 0;
   auto run_start = std::chrono::steady_clock::now();
   int64_t steps_this_run = 0;
-
-  auto save = [&](int64_t step) {
-    CheckpointState st;
-    st.step = step;
-    st.data = loader.state();
-    st.extra = {{"tokens_seen", tokens_seen}, {"dp", dp_size}, {"zero", cfg.parallel.zero}};
-    save_checkpoint(cfg.train.run_dir, world, st, optimizer.gather_parameters(), optimizer.state_slices(),
-                    config_yaml, cfg.checkpoint.keep_last);
-  };
-
-  for (int64_t step = start_step; step < cfg.train.steps; ++step) {
-    auto t0 = std::chrono::steady_clock::now();
-    optimizer.zero_grad();
-    std::vector<Batch> batches;
-    std::vector<at::Tensor> weights;  // loss_average: sample — per-token weights of each batch
-    batches.reserve(accum);
-    at::Tensor counts = at::zeros({2}, at::kDouble);  // [trained tokens, samples] of the global batch
-    for (int64_t i = 0; i < accum; ++i) {
-      batches.push_back(loader.next());
-      counts[0] += static_cast<double>(batches.back().loss_tokens);
-      if (per_sample) {
-        SampleLossWeights w = sample_loss_weights(batches.back());
-        weights.push_back(w.weights.to(setup.device));
-        counts[1] += static_cast<double>(w.samples);
-      }
-    }
-    // The loss divisor on every rank: trained tokens (or samples) of the whole global batch.
-    all_reduce_host(dp, counts, setup.device);
-    const double global_loss_tokens = std::max(1.0, counts[0].item<double>());
-    const double divisor = per_sample ? std::max(1.0, counts[1].item<double>()) : global_loss_tokens;
-    // This rank's share of the step's loss, summed on the device: one host sync per step.
-    at::Tensor loss_t = at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(setup.device));
-    for (size_t i = 0; i < batches.size(); ++i) {
-      Batch db = to_device(std::move(batches[i]), setup.device);
-      at::Tensor logits = model->forward(db);
-      at::Tensor loss = (per_sample ? lm_loss_weighted_sum(logits, db.labels, weights[i])
-                                    : lm_loss_sum(logits, db.labels)) /
-                        divisor;
-      loss.backward();
-      loss_t += loss.detach().to(at::kDouble);
-    }
-    optimizer.reduce_gradients();
-    const double norm = optimizer.grad_norm();
-    dp.all_reduce(loss_t);
-    const double loss = loss_t.item<double>();
-    const double lr = lr_at(cfg.train, step);
-    if (!std::isfinite(norm)) {
-      // fp16 overflow or a bad batch: skip the update, stop after too many in a row.
+  if (cfg_.train.steps == 0 && resume_dir_.empty()) {
+    // Nothing to train: the initial weights (random init, an imported or resized model) as a
+    // checkpoint of step 0, to export or to start other runs from.
+    save(0);
+    log0("train.steps: 0: saved the initial weights as step 0");
+  }
+  for (int64_t step = start_step_; step < cfg_.train.steps; ++step) {
+    const StepStats s = this->step(step);
+    if (!std::isfinite(s.norm)) {
+      // fp16 overflow or a bad batch: the update was skipped; stop after too many in a row.
       ++skipped_in_row;
-      optimizer.zero_grad();
       log0("step ", step + 1, ": non-finite gradient norm, update skipped (", skipped_in_row, " in a row)");
-      if (skipped_in_row > cfg.train.max_skipped_steps)
+      if (skipped_in_row > cfg_.train.max_skipped_steps)
         user_error("training diverged: ", skipped_in_row,
                    " steps in a row with non-finite gradients "
                    "(train.max_skipped_steps: ",
-                   cfg.train.max_skipped_steps, ")");
+                   cfg_.train.max_skipped_steps, ")");
     } else {
       skipped_in_row = 0;
-      const double scale =
-          cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip ? cfg.train.grad_clip / (norm + 1e-6) : 1.0;
-      optimizer.step(lr, scale);
     }
-    const int64_t step_tokens = global_batch * cfg.data.seq_len;
-    tokens_seen += step_tokens;
-    // Global per-source tokens consumed so far (the loader's count at a step boundary).
-    const std::vector<int64_t> source_tokens = loader.state().source_tokens;
-    result.losses.push_back(loss);
+    const int64_t step_tokens = global_batch_ * cfg_.data.seq_len;
+    tokens_seen_ += step_tokens;
+    result.losses.push_back(s.loss);
     result.last_step = step + 1;
     ++steps_this_run;
-
-    auto t1 = std::chrono::steady_clock::now();
-    const double dt = std::chrono::duration<double>(t1 - t0).count();
-    const double elapsed = std::chrono::duration<double>(t1 - run_start).count();
-    const double eta = elapsed / steps_this_run * (cfg.train.steps - step - 1);
-    if (rank0) {
-      nlohmann::json row = {{"step", step + 1},
-                            {"loss", loss},
-                            {"lr", lr},
-                            {"grad_norm", norm},
-                            {"loss_tokens", static_cast<int64_t>(global_loss_tokens)},
-                            {"tokens", tokens_seen},
-                            {"tokens_per_s", step_tokens / dt},
-                            {"step_s", dt},
-                            {"peak_mem_bytes", peak_memory_bytes(setup.device)}};
-      for (size_t s = 0; s < sources.size() && s < source_tokens.size(); ++s)
-        row["source_tokens"][sources[s]] = source_tokens[s];
-      row["packing_efficiency"] = loader.packing_efficiency();
-      row["samples_truncated"] = loader.truncated();  // over-long samples so far (data.overlong)
-      row["samples_dropped"] = loader.dropped();
-      metrics << row.dump() << "\n" << std::flush;
-      if ((step + 1) % cfg.train.log_every == 0 || step + 1 == cfg.train.steps) {
-        char line[256];
-        std::snprintf(
-            line, sizeof(line),
-            "step %lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | peak mem %.2f GiB | eta %s",
-            static_cast<long long>(step + 1), static_cast<long long>(cfg.train.steps), loss, lr, norm,
-            step_tokens / dt, peak_memory_bytes(setup.device) / double(1 << 30),
-            format_duration(eta).c_str());
-        log0(line);
-      }
+    write_metrics(step, s);
+    if (rank0_ && ((step + 1) % cfg_.train.log_every == 0 || step + 1 == cfg_.train.steps)) {
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+      const double eta = elapsed / steps_this_run * (cfg_.train.steps - step - 1);
+      char line[256];
+      std::snprintf(
+          line, sizeof(line),
+          "step %lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | peak mem %.2f GiB | eta %s",
+          static_cast<long long>(step + 1), static_cast<long long>(cfg_.train.steps), s.loss, s.lr, s.norm,
+          step_tokens / s.seconds, peak_memory_bytes(setup_.device) / double(1 << 30), format_duration(eta).c_str());
+      log0(line);
     }
 
-    if (cfg.train.eval_every > 0 && ((step + 1) % cfg.train.eval_every == 0 || step + 1 == cfg.train.steps)) {
-      EvalResult ev = evaluate_model(*model, cfg, setup.device, &dp);
+    if (cfg_.train.eval_every > 0 && ((step + 1) % cfg_.train.eval_every == 0 || step + 1 == cfg_.train.steps)) {
+      EvalResult ev = evaluate_model(*model_, cfg_, setup_.device, &mesh_.dp());
       log0("eval at step ", step + 1, ": loss ", ev.loss, " over ", ev.tokens, " tokens");
-      if (rank0)
-        metrics
-            << nlohmann::json{{"step", step + 1}, {"eval_loss", ev.loss}, {"eval_tokens", ev.tokens}}.dump()
-            << "\n"
-            << std::flush;
+      if (rank0_)
+        metrics_ << nlohmann::json{{"step", step + 1}, {"eval_loss", ev.loss}, {"eval_tokens", ev.tokens}}.dump()
+                 << "\n"
+                 << std::flush;
     }
-    const bool last = step + 1 == cfg.train.steps;
-    const bool exit_now = opts.exit_after > 0 && steps_this_run >= opts.exit_after;
+    const bool last = step + 1 == cfg_.train.steps;
+    const bool exit_now = opts_.exit_after > 0 && steps_this_run >= opts_.exit_after;
     at::Tensor stop = at::full({1}, static_cast<double>(g_stop_signal.load()), at::kDouble);
-    all_reduce_host(world, stop, setup.device, ReduceOp::Max);  // every rank stops at the same step
+    all_reduce_host(mesh_.world(), stop, setup_.device, ReduceOp::Max);  // every rank stops at the same step
     const bool signalled = stop.item<double>() > 0;
-    if (last || exit_now || signalled || (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0))
+    if (last || exit_now || signalled || (cfg_.checkpoint.every > 0 && (step + 1) % cfg_.checkpoint.every == 0))
       save(step + 1);
     if (signalled) {
       log0("stopping on signal after step ", step + 1, " (checkpoint saved; `kiln train` resumes)");
@@ -329,7 +403,23 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   }
   std::signal(SIGTERM, old_term);
   std::signal(SIGINT, old_int);
+  // Every rank's peak (the rank that runs out of memory first is the one that matters).
+  at::Tensor peaks = at::zeros({mesh_.world().size()}, at::kDouble);
+  peaks[mesh_.world().rank()] = static_cast<double>(peak_memory_bytes(setup_.device));
+  all_reduce_host(mesh_.world(), peaks, setup_.device);
+  std::string line;
+  for (int64_t r = 0; r < peaks.numel(); ++r) line += str(" ", static_cast<int64_t>(peaks[r].item<double>() / (1 << 20)));
+  log0("peak memory per rank (MiB, ", setup_.device.is_cuda() ? "CUDA allocator" : "resident", "):", line);
   return result;
+}
+
+}  // namespace
+
+TrainResult train(const Config& cfg, const TrainOptions& opts) {
+  validate_layout(cfg, launch_info().world_size);
+  if (cfg.train.threads > 0) at::set_num_threads(static_cast<int>(cfg.train.threads));
+  Trainer trainer(cfg, opts);
+  return trainer.run();
 }
 
 }  // namespace kiln

@@ -15,7 +15,7 @@
 #include "models/llama.h"
 #include "parallel/communicator.h"
 #include "parallel/zero.h"
-#include "parallel/zero3.h"
+#include "parallel/zero.h"
 
 namespace kiln::test {
 

@@ -1,0 +1,48 @@
+// Projections: every linear map of the model (q, k, v, o, gate, up, down and the LM head) is made
+// by one factory from a spec, so tensor parallelism (column / row parallel) and adapters (LoRA,
+// an NF4 base) change what the factory returns while attention and MLP code stay as they are
+// (STYLE.md 13). The dense projection holds `weight` (out, in) and computes x W^T.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace kiln {
+
+// Which dimension of the weight a tensor-parallel layout splits (none = replicated).
+enum class ShardDim { None, Out, In };
+
+struct ProjectionSpec {
+  std::string name;  // Hugging Face's short name: q_proj, ..., down_proj, lm_head
+  int64_t layer = -1;  // global decoder layer index (-1: not in a layer, e.g. lm_head)
+  int64_t in = 0, out = 0;
+  ShardDim shard = ShardDim::None;
+};
+
+class ProjectionImpl : public torch::nn::Module {
+ public:
+  // The weight starts as a shape_only() placeholder; materialize() or an optimizer fills it.
+  explicit ProjectionImpl(const ProjectionSpec& spec);
+  virtual at::Tensor forward(const at::Tensor& x);  // (..., in) -> (..., out)
+  const ProjectionSpec& spec() const { return spec_; }
+  at::Tensor weight;  // (out, in)
+
+ protected:
+  ProjectionSpec spec_;
+};
+TORCH_MODULE(Projection);
+
+using ProjectionFactory = std::function<Projection(const ProjectionSpec&)>;
+// Plain dense projections.
+ProjectionFactory dense_projections();
+
+// A placeholder of `shape` without storage of its own (one fp32 zero, expanded), for a parameter
+// to be materialised later with set_data(). (Not the meta device: set_data() cannot turn a meta
+// tensor into a CPU one.)
+at::Tensor shape_only(at::IntArrayRef shape);
+bool is_shape_only(const at::Tensor& t);
+
+}  // namespace kiln
