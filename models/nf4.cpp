@@ -85,24 +85,19 @@ struct Nf4Holder : torch::CustomClassHolder {
   Nf4Weight weight;
 };
 
+// y = x W^T; the bias is added outside, so autograd handles it as any tensor.
 struct Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            c10::intrusive_ptr<Nf4Holder> holder, const at::Tensor& bias) {
+                            c10::intrusive_ptr<Nf4Holder> holder) {
     ctx->saved_data["w"] = c10::IValue::make_capsule(holder);
-    ctx->saved_data["bias_grad"] = bias.defined() && bias.requires_grad();
-    at::Tensor w = nf4_dequantize(holder->weight, x.scalar_type());  // (out, in)
-    return at::linear(x, w, bias);
+    return at::linear(x, nf4_dequantize(holder->weight, x.scalar_type()));  // W (out, in)
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_out) {
     auto holder = c10::static_intrusive_pointer_cast<Nf4Holder>(ctx->saved_data["w"].toCapsule());
-    const at::Tensor& g = grad_out[0];  // (..., out)
-    at::Tensor w = nf4_dequantize(holder->weight, g.scalar_type());
-    at::Tensor grad_x = at::matmul(g, w);  // (..., in)
-    at::Tensor grad_bias;
-    if (ctx->saved_data["bias_grad"].toBool()) grad_bias = g.reshape({-1, g.size(-1)}).sum(0);
-    return {grad_x, at::Tensor(), grad_bias};
+    const at::Tensor& g = grad_out[0];                                                      // (..., out)
+    return {at::matmul(g, nf4_dequantize(holder->weight, g.scalar_type())), at::Tensor()};  // (..., in)
   }
 };
 
@@ -211,7 +206,8 @@ at::Tensor nf4_dequantize(const Nf4Weight& q, at::ScalarType dtype) {
 at::Tensor nf4_linear(const at::Tensor& x, const Nf4Weight& w, const at::Tensor& bias) {
   KILN_CHECK(w.shape.size() == 2 && x.size(-1) == w.shape[1], "nf4_linear: x (..., ", x.size(-1),
              ") against a weight of ", w.shape.size(), " dims");
-  return Nf4LinearFunction::apply(x, c10::make_intrusive<Nf4Holder>(w), bias);
+  at::Tensor y = Nf4LinearFunction::apply(x, c10::make_intrusive<Nf4Holder>(w));
+  return bias.defined() ? y + bias : y;
 }
 
 }  // namespace kiln
