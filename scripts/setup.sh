@@ -54,8 +54,10 @@ if [ -z "$torch_cmake" ]; then
     "$cache/venv/bin/pip" install -q "torch==$torch_version"
   fi
   # Only the test fixtures and benchmarks use these; kiln itself never runs Python.
-  if ! "$cache/venv/bin/python" -c "import transformers, safetensors, sentencepiece" 2>/dev/null; then
-    "$cache/venv/bin/pip" install -q "transformers>=4.45" safetensors sentencepiece numpy
+  # peft and bitsandbytes make the LoRA/DoRA and NF4 reference fixtures (bitsandbytes quantizes on
+  # the CPU) and check that a kiln-written adapter loads with PEFT.
+  if ! "$cache/venv/bin/python" -c "import transformers, safetensors, sentencepiece, peft, bitsandbytes" 2>/dev/null; then
+    "$cache/venv/bin/pip" install -q "transformers>=4.45" safetensors sentencepiece numpy "peft>=0.13" "bitsandbytes>=0.45"
   fi
   torch_cmake=$("$cache/venv/bin/python" -c "$probe")
   python_for_tests="$cache/venv/bin/python"

@@ -383,6 +383,9 @@ std::vector<Key> schema(Config& cfg) {
       num_key("lora.dropout", &l.dropout, 0, 0.999, "LoRA dropout"),
       string_list_key("lora.targets", &l.targets, "module names (q_proj, ...) or all_linear"),
       bool_key("lora.rslora", &l.rslora, "scale by alpha/sqrt(r) instead of alpha/r"),
+      num_key("lora.lr_ratio", &l.lr_ratio, 0, 1e6, "LoRA+: learning rate of B (and DoRA magnitude) over A's",
+              true),
+      bool_key("lora.dora", &l.dora, "DoRA: learn a magnitude per output row (PEFT's use_dora)"),
       choice_key("lora.quantize_base", &l.quantize_base, {"none", "nf4"}, "QLoRA base quantization"),
       bool_key("lora.double_quant", &l.double_quant, "QLoRA: quantize the quantization constants"),
       string_key("lora.init_from", &l.init_from, "peft:DIR adapter to start from"),
@@ -429,6 +432,9 @@ std::string closest_key(const std::string& path, const std::vector<Key>& keys) {
       {"lora.lora_alpha", "lora.alpha"},
       {"lora.lora_dropout", "lora.dropout"},
       {"lora.target_modules", "lora.targets"},
+      {"lora.use_rslora", "lora.rslora"},
+      {"lora.use_dora", "lora.dora"},
+      {"lora.loraplus_lr_ratio", "lora.lr_ratio"},
       {"checkpoint.save_steps", "checkpoint.every"},
       {"checkpoint.save_total_limit", "checkpoint.keep_last"}};
   std::string best;

@@ -83,6 +83,8 @@ struct LoraConfig {
   double dropout = 0.0;
   std::vector<std::string> targets = {"all_linear"};
   bool rslora = false;
+  double lr_ratio = 1.0;  // LoRA+: B's learning rate over A's (and the DoRA magnitude's, as PEFT)
+  bool dora = false;      // weight-decomposed LoRA (magnitude vector per output row)
   std::string quantize_base = "none";  // none | nf4
   bool double_quant = true;
   std::string init_from;  // peft:DIR
