@@ -16,6 +16,7 @@ say() { echo "[setup] $*" >&2; }
 #    installed some other way: then a failed apt-get is a warning, and CMake names what is missing.
 pkgs=(build-essential cmake pkg-config ccache libopenmpi-dev openmpi-bin libyaml-cpp-dev
       nlohmann-json3-dev libsentencepiece-dev sentencepiece libgtest-dev python3-venv
+      libprotobuf-dev protobuf-compiler libisal-dev
       fortunes fortunes-zh)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -54,8 +55,8 @@ if [ -z "$torch_cmake" ]; then
     "$cache/venv/bin/pip" install -q "torch==$torch_version"
   fi
   # Only the test fixtures and benchmarks use these; kiln itself never runs Python.
-  if ! "$cache/venv/bin/python" -c "import transformers, safetensors, sentencepiece" 2>/dev/null; then
-    "$cache/venv/bin/pip" install -q "transformers>=4.45" safetensors sentencepiece numpy
+  if ! "$cache/venv/bin/python" -c "import transformers, safetensors, sentencepiece, tensorboard" 2>/dev/null; then
+    "$cache/venv/bin/pip" install -q "transformers>=4.45" safetensors sentencepiece numpy tensorboard
   fi
   torch_cmake=$("$cache/venv/bin/python" -c "$probe")
   python_for_tests="$cache/venv/bin/python"

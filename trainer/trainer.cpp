@@ -31,6 +31,7 @@
 #include "trainer/log.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/model_setup.h"
+#include "trainer/tensorboard.h"
 
 namespace fs = std::filesystem;
 
@@ -161,6 +162,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
       AdamWOptions{cfg.train.weight_decay, cfg.train.betas[0], cfg.train.betas[1], cfg.train.eps},
       cfg.parallel.zero3_keep_gathered);
   DataLoader loader(cfg, mesh.coords().dp, dp_size, global_batch);
+  log0(format_mix_table(loader.mix_shares(), cfg.data.mix));
 
   int64_t start_step = 0;
   int64_t tokens_seen = 0;
@@ -192,6 +194,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     truncate_metrics(metrics_path, start_step);
     metrics.open(metrics_path, std::ios::app);
   }
+  const std::unique_ptr<TensorBoardWriter> tb = open_tensorboard(cfg.train, rank0);
   g_stop_signal = 0;
   auto old_term = std::signal(SIGTERM, on_stop_signal);
   auto old_int = std::signal(SIGINT, on_stop_signal);
@@ -278,21 +281,24 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     const double elapsed = std::chrono::duration<double>(t1 - run_start).count();
     const double eta = elapsed / steps_this_run * (cfg.train.steps - step - 1);
     if (rank0) {
-      nlohmann::json row = {{"step", step + 1},
-                            {"loss", loss},
-                            {"lr", lr},
-                            {"grad_norm", norm},
-                            {"loss_tokens", static_cast<int64_t>(global_loss_tokens)},
-                            {"tokens", tokens_seen},
-                            {"tokens_per_s", step_tokens / dt},
-                            {"step_s", dt},
-                            {"peak_mem_bytes", peak_memory_bytes(setup.device)}};
+      nlohmann::ordered_json row = {{"step", step + 1},
+                                    {"loss", loss},
+                                    {"lr", lr},
+                                    {"grad_norm", norm},
+                                    {"loss_tokens", static_cast<int64_t>(global_loss_tokens)},
+                                    {"tokens", tokens_seen},
+                                    {"tokens_per_s", step_tokens / dt},
+                                    {"step_s", dt},
+                                    {"peak_mem_bytes", peak_memory_bytes(setup.device)}};
       for (size_t s = 0; s < sources.size() && s < source_tokens.size(); ++s)
         row["source_tokens"][sources[s]] = source_tokens[s];
       row["packing_efficiency"] = loader.packing_efficiency();
       row["samples_truncated"] = loader.truncated();  // over-long samples so far (data.overlong)
       row["samples_dropped"] = loader.dropped();
+      row["samples_split"] = loader.split();  // over-long documents split, and their pieces
+      row["split_pieces"] = loader.split_pieces();
       metrics << row.dump() << "\n" << std::flush;
+      if (tb) tb->add_row(row);
       if ((step + 1) % cfg.train.log_every == 0 || step + 1 == cfg.train.steps) {
         char line[256];
         std::snprintf(
@@ -308,11 +314,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     if (cfg.train.eval_every > 0 && ((step + 1) % cfg.train.eval_every == 0 || step + 1 == cfg.train.steps)) {
       EvalResult ev = evaluate_model(*model, cfg, setup.device, &dp);
       log0("eval at step ", step + 1, ": loss ", ev.loss, " over ", ev.tokens, " tokens");
-      if (rank0)
-        metrics
-            << nlohmann::json{{"step", step + 1}, {"eval_loss", ev.loss}, {"eval_tokens", ev.tokens}}.dump()
-            << "\n"
-            << std::flush;
+      const nlohmann::json eval_row = {
+          {"step", step + 1}, {"eval_loss", ev.loss}, {"eval_tokens", ev.tokens}};
+      if (rank0) metrics << eval_row.dump() << "\n" << std::flush;
+      if (tb) tb->add_row(eval_row);
     }
     const bool last = step + 1 == cfg.train.steps;
     const bool exit_now = opts.exit_after > 0 && steps_this_run >= opts.exit_after;
