@@ -14,7 +14,9 @@
 #ifdef KILN_WITH_TENSORBOARD
 #include <isa-l/crc.h>
 
-#include "tensorboard_event.pb.h"  // generated into the build dir from trainer/tensorboard_event.proto
+#include <vector>
+
+#include "tensorboard_event.pb-c.h"  // generated into the build dir from trainer/tensorboard_event.proto
 #endif
 
 namespace fs = std::filesystem;
@@ -33,32 +35,51 @@ void put_le(std::string& out, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }
 
-template <typename Json>
-void add_values(tb::Summary& summary, const Json& row) {
-  for (const auto& [key, v] : row.items()) {
-    if (key == "step") continue;
-    if (v.is_number()) {
-      auto* value = summary.add_value();
-      value->set_tag(key);
-      value->set_simple_value(static_cast<float>(v.template get<double>()));
-    } else if (v.is_object()) {
-      for (const auto& [name, x] : v.items()) {
-        if (!x.is_number()) continue;
-        auto* value = summary.add_value();
-        value->set_tag(key + "/" + name);
-        value->set_simple_value(static_cast<float>(x.template get<double>()));
-      }
-    }
-  }
+// Event protos through protobuf-c (the C runtime: the C++ one would clash with the copy of
+// protobuf that Debian's libsentencepiece carries inside it).
+std::string pack(const Kiln__Tb__Event& event) {
+  std::string out(kiln__tb__event__get_packed_size(&event), '\0');
+  kiln__tb__event__pack(&event, reinterpret_cast<uint8_t*>(out.data()));
+  return out;
 }
 
 template <typename Json>
 std::string summary_event(const Json& row) {
-  tb::Event event;
-  event.set_wall_time(now_seconds());
-  event.set_step(row.at("step").template get<int64_t>());
-  add_values(*event.mutable_summary(), row);
-  return event.SerializeAsString();
+  std::vector<std::string> tags;  // [value] kept alive until packed
+  std::vector<float> values;
+  for (const auto& [key, v] : row.items()) {
+    if (key == "step") continue;
+    if (v.is_number()) {
+      tags.push_back(key);
+      values.push_back(static_cast<float>(v.template get<double>()));
+    } else if (v.is_object()) {
+      for (const auto& [name, x] : v.items()) {
+        if (!x.is_number()) continue;
+        tags.push_back(key + "/" + name);
+        values.push_back(static_cast<float>(x.template get<double>()));
+      }
+    }
+  }
+  std::vector<Kiln__Tb__SummaryValue> items(tags.size());
+  std::vector<Kiln__Tb__SummaryValue*> ptrs(tags.size());
+  for (size_t i = 0; i < tags.size(); ++i) {
+    kiln__tb__summary_value__init(&items[i]);
+    items[i].tag = tags[i].data();
+    items[i].value_case = KILN__TB__SUMMARY_VALUE__VALUE_SIMPLE_VALUE;
+    items[i].simple_value = values[i];
+    ptrs[i] = &items[i];
+  }
+  Kiln__Tb__Summary summary;
+  kiln__tb__summary__init(&summary);
+  summary.n_value = ptrs.size();
+  summary.value = ptrs.data();
+  Kiln__Tb__Event event;
+  kiln__tb__event__init(&event);
+  event.wall_time = now_seconds();
+  event.step = row.at("step").template get<int64_t>();
+  event.what_case = KILN__TB__EVENT__WHAT_SUMMARY;
+  event.summary = &summary;
+  return pack(event);
 }
 
 }  // namespace
@@ -98,10 +119,13 @@ TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
               .string();
   file_ = std::fopen(path_.c_str(), "wb");
   if (!file_) user_error("train.tensorboard: cannot create ", path_, " (", std::strerror(errno), ")");
-  tb::Event first;
-  first.set_wall_time(now_seconds());
-  first.set_file_version("brain.Event:2");
-  write_record(first.SerializeAsString());
+  Kiln__Tb__Event first;
+  kiln__tb__event__init(&first);
+  first.wall_time = now_seconds();
+  std::string version = "brain.Event:2";
+  first.what_case = KILN__TB__EVENT__WHAT_FILE_VERSION;
+  first.file_version = version.data();
+  write_record(pack(first));
 }
 
 TensorBoardWriter::~TensorBoardWriter() {

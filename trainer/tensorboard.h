@@ -3,7 +3,8 @@
 //   uint64 length | uint32 masked CRC32C(length) | Event proto | uint32 masked CRC32C(Event)
 // (little-endian; mask(c) = ((c >> 15) | (c << 17)) + 0xa282ead8), the first Event holding
 // file_version "brain.Event:2", each later one a Summary of scalar values at one step.
-// Protobuf encodes the Events (trainer/tensorboard_event.proto), ISA-L computes CRC32C.
+// protobuf-c encodes the Events (trainer/tensorboard_event.proto, compiled by protoc-c at build
+// time), ISA-L computes CRC32C.
 #pragma once
 #include <cstdint>
 #include <cstdio>
@@ -38,7 +39,7 @@ class TensorBoardWriter {
 };
 
 // The writer train.tensorboard asks for on this rank: auto = RUN_DIR/tb, none = nullptr, else
-// that directory. Only rank 0 writes (rank0 false gives nullptr). Without protobuf and ISA-L
+// that directory. Only rank 0 writes (rank0 false gives nullptr). Without protobuf-c and ISA-L
 // in the build, auto logs that and gives nullptr, and a DIR is a UserError.
 std::unique_ptr<TensorBoardWriter> open_tensorboard(const TrainConfig& train, bool rank0);
 
