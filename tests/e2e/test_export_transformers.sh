@@ -33,7 +33,10 @@ for text in [prompt, chat, "lazy dog  sea\nmoon"]:
     for name, t in [("fast", fast), ("slow", slow)]:
         got = t(text).input_ids
         assert got == want, f"{name} tokenizer: {text!r}: {got} != kiln's {want}"
-assert "<|im_start|>" in fast.additional_special_tokens, fast.additional_special_tokens
+import json, os
+named = json.load(open(os.path.join(hf, "special_tokens_map.json")))["additional_special_tokens"]
+assert named == ["<|im_start|>", "<|im_end|>"], named
+assert fast.convert_tokens_to_ids("<|im_start|>") == sp.piece_to_id("<|im_start|>")
 gen = GenerationConfig.from_pretrained(hf)
 assert gen.eos_token_id == sp.eos_id() and gen.bos_token_id == sp.bos_id() and not gen.do_sample, gen
 model = LlamaForCausalLM.from_pretrained(hf, torch_dtype=torch.float32).eval()
