@@ -68,6 +68,7 @@ ChatTemplate chat_template(const std::string& name, const std::map<std::string, 
     t.assistant = "{content}";
     t.end_of_turn = "<_end>";
     t.specials = {"<_user>", "<_bot>", "<_end>"};
+    t.train_role_pieces = true;
   } else if (name == "custom") {
     if (custom.empty()) user_error(key, ": custom needs data.custom_template (user, assistant, ...)");
     t.assistant = "{content}";
@@ -123,7 +124,8 @@ SampleEncoder::SampleEncoder(const Tokenizer& tok, ChatTemplate tmpl, const std:
 }
 
 // Splits `text` at the special pieces; those become ids, the rest stays text.
-void SampleEncoder::append(std::vector<Seg>& segs, const std::string& text, bool trained) const {
+void SampleEncoder::append(std::vector<Seg>& segs, const std::string& text, bool trained,
+                           int specials_trained) const {
   size_t pos = 0;
   while (pos < text.size()) {
     size_t best = std::string::npos;
@@ -143,7 +145,7 @@ void SampleEncoder::append(std::vector<Seg>& segs, const std::string& text, bool
         segs.push_back({-1, text.substr(pos, end - pos), trained});
     }
     if (!hit) break;
-    segs.push_back({hit->second, "", trained});
+    segs.push_back({hit->second, "", specials_trained < 0 ? trained : specials_trained != 0});
     pos = best + hit->first.size();
   }
 }
@@ -174,7 +176,17 @@ EncodedSample SampleEncoder::encode(const Sample& s) const {
     if (t.role == "user") {
       std::string content = t.content;
       if (tmpl_.system_in_first_user && i == 0) content = system_text + content;
-      append(segs, fill(tmpl_.user, content), all);
+      const size_t at = tmpl_.user.find("{content}");
+      if (!tmpl_.train_role_pieces || at == std::string::npos) {
+        append(segs, fill(tmpl_.user, content), all);
+        continue;
+      }
+      // The pattern's own pieces (not any in the content) train with the answer that follows.
+      const bool answer_follows = i + 1 < s.turns.size() && s.turns[i + 1].role == "assistant";
+      const bool roles = all || (answer_follows && (loss_ == "all_turns" || i + 1 == last_answer));
+      append(segs, tmpl_.user.substr(0, at), all, roles);
+      append(segs, content, all);
+      append(segs, tmpl_.user.substr(at + 9), all, roles);
       continue;
     }
     const bool trained = all || loss_ == "all_turns" || i == last_answer;

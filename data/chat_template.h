@@ -29,6 +29,9 @@ struct ChatTemplate {
   std::string after_turn;             // after end_of_turn, not trained
   bool system_in_first_user = false;  // llama2: the system block goes inside the first [INST]
   std::vector<std::string> specials;  // pieces inserted by id; the tokenizer must have them
+  // The special pieces of the user pattern (telechat: <_user> and <_bot>) are trained labels
+  // of every turn whose answer is trained, as TeleChat's loss_fn trains them.
+  bool train_role_pieces = false;
 };
 
 const std::vector<std::string>& chat_template_names();  // the built-ins, plus "custom"
@@ -56,7 +59,8 @@ class SampleEncoder {
     std::string text;
     bool trained = false;
   };
-  void append(std::vector<Seg>& segs, const std::string& text, bool trained) const;
+  // Text segments get `trained`, special pieces `specials_trained` (-1: the same as trained).
+  void append(std::vector<Seg>& segs, const std::string& text, bool trained, int specials_trained = -1) const;
 
   const Tokenizer& tok_;
   ChatTemplate tmpl_;

@@ -41,10 +41,11 @@ Batch make_batch(const TokenStore& store, const std::vector<Row>& rows, int64_t 
     const int64_t end = t + T;
     for (const Piece& p : rows[r]) {
       const StoreSource& src = store.sources()[p.source];
-      KILN_CHECK(p.length >= 2 && p.length <= src.doc_length(p.doc), "piece length ", p.length);
+      KILN_CHECK(p.length >= 2 && p.offset >= 0 && p.offset + p.length <= src.doc_length(p.doc), "piece [",
+                 p.offset, ", +", p.length, ") of a ", src.doc_length(p.doc), "-token doc");
       KILN_CHECK(t + p.length - 1 <= end, "row overflows seq_len ", T);
-      const int32_t* tok = src.doc_tokens(p.doc);
-      const uint8_t* mask = src.doc_mask(p.doc);
+      const int32_t* tok = src.doc_tokens(p.doc) + p.offset;
+      const uint8_t* mask = src.doc_mask(p.doc) + p.offset;
       for (int64_t k = 0; k + 1 < p.length; ++k, ++t) {
         in[t] = tok[k];
         lab[t] = mask[k + 1] ? tok[k + 1] : kIgnoreIndex;
@@ -118,11 +119,12 @@ DataLoader::DataLoader(const Config& cfg, int64_t dp_rank, int64_t dp_size, int6
   for (const auto& s : store_->sources()) {
     names_.push_back(s.name);
     weights_.push_back(s.weight);
+    formats_.push_back(s.format);
   }
   pad_id_ = store_->pad_id();
   // Checks the options (seq_len, overlong, mix, schedule) once, here, rather than in the thread.
   RowStream check(lengths_, names_, weights_, cfg_.data, static_cast<uint64_t>(cfg_.train.seed),
-                  global_batch_);
+                  global_batch_, formats_);
   LoaderState s;
   s.seed = static_cast<uint64_t>(cfg_.train.seed);
   s.sources = names_;
@@ -151,7 +153,7 @@ void DataLoader::start(const LoaderState& from) {
 
 void DataLoader::produce(LoaderState cur) {
   try {
-    RowStream stream(lengths_, names_, weights_, cfg_.data, cur.seed, global_batch_);
+    RowStream stream(lengths_, names_, weights_, cfg_.data, cur.seed, global_batch_, formats_);
     const int64_t per_rank = global_batch_ / dp_;
     const size_t depth = static_cast<size_t>(std::max<int64_t>(1, cfg_.data.prefetch));
     while (true) {
@@ -172,6 +174,8 @@ void DataLoader::produce(LoaderState cur) {
       item.after = cur;
       item.truncated = stream.truncated();
       item.dropped = stream.dropped();
+      item.split = stream.split();
+      item.split_pieces = stream.split_pieces();
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] { return stop_ || queue_.size() < depth; });
       if (stop_) return;
@@ -195,6 +199,8 @@ Batch DataLoader::next() {
   state_ = item.after;
   truncated_ = item.truncated;
   dropped_ = item.dropped;
+  split_ = item.split;
+  split_pieces_ = item.split_pieces;
   const int64_t n = item.batch.input_ids.numel();
   positions_ += n;
   loss_positions_ += item.batch.loss_tokens;
@@ -227,6 +233,11 @@ void DataLoader::restore(const LoaderState& s) {
 
 std::vector<std::string> DataLoader::source_names() const { return names_; }
 
+std::vector<MixShare> DataLoader::mix_shares() const {
+  return kiln::mix_shares(*lengths_, names_, weights_, formats_, cfg_.data,
+                          static_cast<uint64_t>(cfg_.train.seed));
+}
+
 double DataLoader::packing_efficiency() const {
   std::lock_guard<std::mutex> lock(mu_);
   return positions_ ? double(real_positions_) / double(positions_) : 0.0;
@@ -247,31 +258,41 @@ int64_t DataLoader::dropped() const {
   return dropped_;
 }
 
+int64_t DataLoader::split() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return split_;
+}
+
+int64_t DataLoader::split_pieces() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return split_pieces_;
+}
+
 EvalLoader::EvalLoader(const Config& cfg, int64_t dp_rank, int64_t dp_size)
     : rank_(dp_rank), dp_(dp_size), micro_batch_(cfg.train.micro_batch_size), seq_len_(cfg.data.seq_len) {
   if (cfg.data.eval.empty()) user_error("data.eval: not set (a data.json, a .jsonl or a `kiln prep` dir)");
   if (seq_len_ < 1) user_error("data.seq_len: ", seq_len_, " must be >= 1");
   store_ = std::make_unique<TokenStore>(ensure_prepared(cfg, cfg.data.eval));
   pad_id_ = store_->pad_id();
-  // Every sample in store order, up to eval_samples; packed next-fit so the order is kept.
+  // Every sample in store order, up to eval_samples (over-long ones split, truncated or dropped
+  // as in training); packed next-fit so the order is kept.
   int64_t taken = 0, used = seq_len_;
   for (size_t s = 0; s < store_->sources().size(); ++s) {
     const StoreSource& src = store_->sources()[s];
+    const std::string policy = resolve_overlong(cfg.data.overlong, src.format, src.name);
     for (int64_t d = 0; d < src.docs; ++d) {
       if (cfg.data.eval_samples > 0 && taken >= cfg.data.eval_samples) break;
-      int64_t len = src.doc_length(d);
-      if (len < 2) continue;
-      if (len - 1 > seq_len_) {
-        if (cfg.data.overlong == "drop") continue;
-        len = seq_len_ + 1;
-      }
+      const auto pieces = sample_pieces(static_cast<int32_t>(s), d, src.doc_length(d), seq_len_, policy);
+      if (pieces.empty()) continue;
       ++taken;
-      if (!cfg.data.packing || used + len - 1 > seq_len_) {
-        rows_.emplace_back();
-        used = 0;
+      for (const Piece& p : pieces) {
+        if (!cfg.data.packing || used + p.length - 1 > seq_len_) {
+          rows_.emplace_back();
+          used = 0;
+        }
+        rows_.back().push_back(p);
+        used += p.length - 1;
       }
-      rows_.back().push_back({static_cast<int32_t>(s), d, len});
-      used += len - 1;
     }
   }
 }

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "data/batch.h"
+#include "data/mix_table.h"
 #include "data/row_stream.h"
 #include "data/token_store.h"
 #include "trainer/config.h"
@@ -65,16 +66,19 @@ class DataLoader {
   LoaderState state() const;
   void restore(const LoaderState& s);
   std::vector<std::string> source_names() const;
-  double packing_efficiency() const;  // non-padding fraction of the positions served so far
-  double loss_fraction() const;       // trained (label != ignore) fraction of those positions
-  int64_t truncated() const;          // over-long samples truncated / dropped in the rows so far
+  std::vector<MixShare> mix_shares() const;  // what data.mix makes of the sources (mix_table.h)
+  double packing_efficiency() const;         // non-padding fraction of the positions served so far
+  double loss_fraction() const;              // trained (label != ignore) fraction of those positions
+  int64_t truncated() const;                 // over-long samples truncated / dropped in the rows so far
   int64_t dropped() const;
+  int64_t split() const;         // over-long documents split into pieces (data.overlong: split)
+  int64_t split_pieces() const;  // ... and the pieces they became
 
  private:
   struct Item {
     Batch batch;
     LoaderState after;
-    int64_t truncated = 0, dropped = 0;
+    int64_t truncated = 0, dropped = 0, split = 0, split_pieces = 0;
     int64_t real_positions = 0;  // positions holding sample tokens (not padding)
   };
   void start(const LoaderState& from);
@@ -87,10 +91,12 @@ class DataLoader {
   std::shared_ptr<const SampleLengths> lengths_;
   std::vector<std::string> names_;
   std::vector<double> weights_;
+  std::vector<std::string> formats_;  // [source] as prepared, for data.overlong: auto
   int32_t pad_id_ = 0;
 
   LoaderState state_;
   int64_t positions_ = 0, real_positions_ = 0, loss_positions_ = 0, truncated_ = 0, dropped_ = 0;
+  int64_t split_ = 0, split_pieces_ = 0;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -29,16 +29,19 @@ void shuffle(std::vector<int64_t>& v, std::mt19937_64& rng) {
 }
 
 Mixer::Mixer(const std::string& mode, std::shared_ptr<const SampleLengths> lengths, uint64_t seed,
-             int64_t max_length)
+             MixerOptions options)
     : mode_(mode),
       lengths_ptr_(std::move(lengths)),
       lengths_(*lengths_ptr_),
-      max_length_(max_length),
-      seed_(seed) {
+      max_length_(std::move(options.max_length)),
+      seed_(seed),
+      redraw_(options.redraw_each_epoch) {
   if (mode_ != "telechat" && mode_ != "proportional")
     user_error("data.mix: unknown mixer \"", mode_, "\" (expected proportional or telechat)");
   const size_t n = lengths_.size();
   KILN_CHECK(n > 0, "mixer needs a source");
+  KILN_CHECK(max_length_.empty() || max_length_.size() == n, "max_length for ", max_length_.size(), " of ", n,
+             " sources");
   tokens_.assign(n, 0);
   target_.assign(n, 0.0);
   samples_.assign(n, 0);
@@ -47,29 +50,49 @@ Mixer::Mixer(const std::string& mode, std::shared_ptr<const SampleLengths> lengt
   pass_.assign(n, 0);
 }
 
-void Mixer::build_pool(const std::vector<double>& weights) {
-  // Builds pools until one is non-empty (an all-below-one mixture can come out empty).
-  for (int tries = 0; pool_.empty(); ++tries) {
-    KILN_CHECK(tries < 1000, "telechat pool stays empty: weights too small");
-    auto rng = make_rng(seed_, 0x7e1ec4a7, static_cast<uint64_t>(epoch_));
-    for (size_t s = 0; s < lengths_.size(); ++s) {
-      const double w = weights[s];
-      const int64_t whole = static_cast<int64_t>(std::floor(w));
-      const double frac = w - whole;
-      for (int64_t d = 0; d < static_cast<int64_t>(lengths_[s].size()); ++d) {
-        const int64_t copies = whole + (frac > 0 && uniform01(rng) < frac ? 1 : 0);
-        for (int64_t c = 0; c < copies; ++c) pool_.push_back({static_cast<int32_t>(s), d});
-      }
+std::mt19937_64 telechat_pool_rng(uint64_t seed, int64_t draw) {
+  return make_rng(seed, 0x7e1ec4a7, static_cast<uint64_t>(draw));
+}
+
+std::vector<SampleRef> telechat_pool(const SampleLengths& lengths, const std::vector<double>& weights,
+                                     std::mt19937_64& rng) {
+  std::vector<SampleRef> pool;
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    const double w = weights[s];
+    const int64_t whole = static_cast<int64_t>(std::floor(w));
+    const double frac = w - static_cast<double>(whole);
+    for (int64_t d = 0; d < static_cast<int64_t>(lengths[s].size()); ++d) {
+      const int64_t copies = whole + (frac > 0 && uniform01(rng) < frac ? 1 : 0);
+      for (int64_t c = 0; c < copies; ++c) pool.push_back({static_cast<int32_t>(s), d});
     }
-    std::vector<int64_t> order(pool_.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-    shuffle(order, rng);
-    std::vector<SampleRef> shuffled(pool_.size());
-    for (size_t i = 0; i < order.size(); ++i) shuffled[i] = pool_[order[i]];
-    pool_ = std::move(shuffled);
-    pool_pos_ = 0;
-    ++epoch_;
   }
+  return pool;
+}
+
+int64_t Mixer::counted(int32_t source, int64_t doc) const {
+  const int64_t len = lengths_[source][doc];
+  return max_length_.empty() ? len : std::min(len, max_length_[source]);
+}
+
+void Mixer::start_epoch(const std::vector<double>& weights) {
+  // The pool is drawn once (or every epoch with redraw); draws are repeated until one comes
+  // out non-empty (an all-below-one mixture can draw nothing).
+  if (drawn_.empty() || redraw_) {
+    drawn_.clear();
+    for (int tries = 0; drawn_.empty(); ++tries) {
+      KILN_CHECK(tries < 1000, "telechat pool stays empty: weights too small");
+      auto rng = telechat_pool_rng(seed_, pools_drawn_++);
+      drawn_ = telechat_pool(lengths_, weights, rng);
+    }
+  }
+  std::vector<int64_t> order(drawn_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  auto rng = make_rng(seed_, 0x5b0ff1e, static_cast<uint64_t>(epoch_));
+  shuffle(order, rng);
+  pool_.resize(drawn_.size());
+  for (size_t i = 0; i < order.size(); ++i) pool_[i] = drawn_[order[i]];
+  pool_pos_ = 0;
+  ++epoch_;
 }
 
 SampleRef Mixer::next(const std::vector<double>& weights) {
@@ -77,10 +100,7 @@ SampleRef Mixer::next(const std::vector<double>& weights) {
              " sources");
   SampleRef r;
   if (mode_ == "telechat") {
-    if (pool_pos_ >= pool_.size()) {
-      pool_.clear();
-      build_pool(weights);
-    }
+    if (pool_pos_ >= pool_.size()) start_epoch(weights);
     r = pool_[pool_pos_++];
   } else {
     double sum = 0;
@@ -108,10 +128,10 @@ SampleRef Mixer::next(const std::vector<double>& weights) {
     r.doc = perm[cursor_[r.source]++];
     // Every source's target grows by its current share of the drawn tokens, so a schedule's
     // new weights govern the tokens drawn from now on (not a catch-up on the past).
-    const double len = static_cast<double>(std::min(lengths_[r.source][r.doc], max_length_));
+    const double len = static_cast<double>(counted(r.source, r.doc));
     for (size_t s = 0; s < weights.size(); ++s) target_[s] += weights[s] / sum * len;
   }
-  tokens_[r.source] += std::min(lengths_[r.source][r.doc], max_length_);
+  tokens_[r.source] += counted(r.source, r.doc);
   ++samples_[r.source];
   return r;
 }

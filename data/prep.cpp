@@ -18,6 +18,7 @@
 
 #include "data/chat_template.h"
 #include "data/packer.h"
+#include "data/row_stream.h"
 #include "data/sample_format.h"
 #include "data/token_store.h"
 #include "data/tokenizer.h"
@@ -173,12 +174,13 @@ class Progress {
 json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool, TokenStoreWriter& writer,
                  Progress& progress, int64_t& bytes_done, int64_t& tokens_done,
                  std::vector<int64_t>& lengths) {
+  const std::string policy = resolve_overlong(opt.overlong, job.format, job.src->name);
   const MixtureSource& src = *job.src;
   std::ifstream in(src.path, std::ios::binary);
   if (!in) user_error(src.path, ": cannot open");
   json stats = {{"name", src.name}, {"path", src.path},          {"format", job.format}, {"lines", 0},
                 {"samples", 0},     {"dropped", json::object()}, {"tokens", 0},          {"loss_tokens", 0}};
-  int64_t lines = 0, kept = 0, tokens = 0, loss_tokens = 0, overlong = 0;
+  int64_t lines = 0, kept = 0, tokens = 0, loss_tokens = 0, overlong = 0, split_pieces = 0;
   std::map<std::string, int64_t> dropped;
   const int64_t workers = std::max<int64_t>(1, opt.workers);
   const size_t block = 2048 * static_cast<size_t>(workers);
@@ -224,8 +226,15 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool,
       ++kept;
       tokens += static_cast<int64_t>(t.size());
       for (size_t k = 1; k < t.size(); ++k) loss_tokens += r.sample.mask[k];
-      if (opt.seq_len > 0 && static_cast<int64_t>(t.size()) - 1 > opt.seq_len) ++overlong;
-      lengths.push_back(std::min<int64_t>(t.size() - 1, opt.seq_len > 0 ? opt.seq_len : t.size()));
+      const int64_t n = static_cast<int64_t>(t.size());
+      if (opt.seq_len > 0) {
+        const auto pieces = sample_pieces(0, 0, n, opt.seq_len, policy);
+        if (n - 1 > opt.seq_len) {
+          ++overlong;
+          if (policy == "split") split_pieces += static_cast<int64_t>(pieces.size());
+        }
+        for (const Piece& p : pieces) lengths.push_back(p.length - 1);
+      }
       writer.append(t, r.sample.mask);
     }
     progress.update(src.name, bytes_done, tokens_done + tokens);
@@ -238,7 +247,11 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool,
   for (const auto& [k, v] : dropped) stats["dropped"][k] = v;
   stats["tokens"] = tokens;
   stats["loss_tokens"] = loss_tokens;
-  if (opt.seq_len > 0) stats["overlong"] = overlong;
+  if (opt.seq_len > 0) {
+    stats["overlong"] = overlong;  // samples over seq_len + 1 tokens
+    stats["overlong_policy"] = policy;
+    stats["split_pieces"] = split_pieces;  // the pieces those samples became (policy split)
+  }
   return stats;
 }
 
@@ -285,9 +298,9 @@ std::vector<MixtureSource> read_mixture(const std::string& path) {
   ss << in.rdbuf();
   const std::string text = ss.str();
   if (is_blank(text)) user_error(path, ": empty file (expected {\"source.jsonl\": weight, ...})");
-  json j;
+  nlohmann::ordered_json j;  // sources stay in the file's order
   try {
-    j = json::parse(text);
+    j = nlohmann::ordered_json::parse(text);
   } catch (const json::parse_error& e) {
     user_error(path, ":", line_of(text, e.byte > 0 ? e.byte - 1 : 0), ": malformed JSON (", e.what(), ")");
   }
@@ -300,7 +313,7 @@ std::vector<MixtureSource> read_mixture(const std::string& path) {
     s.name = name;
     const std::string where =
         str(path, ":", line_of(text, text.find("\"" + name + "\"")), ": source \"", name, "\"");
-    const json* w = &v;
+    const nlohmann::ordered_json* w = &v;
     if (v.is_object()) {
       for (const auto& [k, x] : v.items()) {
         if (k == "weight") continue;
@@ -309,7 +322,7 @@ std::vector<MixtureSource> read_mixture(const std::string& path) {
         if (!x.is_string()) user_error(where, ": \"", k, "\" must be a string");
       }
       if (!v.contains("weight")) user_error(where, ": missing \"weight\"");
-      w = &v["weight"];
+      w = &v.at("weight");
       if (v.contains("format")) s.format = v["format"].get<std::string>();
       if (v.contains("template")) s.chat_template = v["template"].get<std::string>();
       if (v.contains("loss")) s.loss = v["loss"].get<std::string>();
@@ -380,6 +393,7 @@ json run_prep(const PrepOptions& opt) {
       writer.finish();
       manifest["sources"].push_back({{"name", sources[k].name},
                                      {"weight", sources[k].weight},
+                                     {"format", jobs[k].format},
                                      {"prefix", "source_" + std::to_string(k)},
                                      {"docs", writer.docs()},
                                      {"tokens", writer.tokens()},
@@ -461,6 +475,7 @@ std::string ensure_prepared(const Config& cfg, const std::string& mixture) {
     user_error("tokenizer: required to prepare ", mixture, " (or point data.mixture at a `kiln prep` dir)");
   const auto sources = read_mixture(mixture);
   uint64_t h = 1469598103934665603ull;
+  h = hash_str(h, "store v1 + formats");  // stores prepared before formats were recorded are redone
   h = hash_file(h, mixture);
   for (const auto& s : sources) h = hash_file(hash_str(h, s.name), s.path);
   h = hash_file(h, cfg.tokenizer);
@@ -482,6 +497,7 @@ std::string ensure_prepared(const Config& cfg, const std::string& mixture) {
   opt.out_dir = dir.string();
   opt.workers = cfg.data.workers;
   opt.seq_len = cfg.data.seq_len;
+  opt.overlong = cfg.data.overlong;
   opt.format = cfg.data.format;
   opt.chat_template = cfg.data.chat_template;
   opt.loss = cfg.data.loss;

@@ -18,7 +18,8 @@ struct Config;
 struct PrepOptions {
   std::string data_json, tokenizer, out_dir;
   int64_t workers = 2;
-  int64_t seq_len = 0;  // > 0: count over-long samples and report packing efficiency
+  int64_t seq_len = 0;            // > 0: count over-long samples and report packing efficiency
+  std::string overlong = "auto";  // data.overlong, for the counts and the packing estimate
   std::string format = "auto", chat_template = "firefly", loss = "all_turns";
   std::map<std::string, std::string> custom_template;
   bool skip_bad_lines = false;

@@ -38,12 +38,13 @@ void collect_text(const nlohmann::json& j, std::vector<std::string>& out) {
 }  // namespace
 
 int cmd_prep(int argc, char** argv) {
-  const Args o =
-      parse_args(argc, argv, 2, {"tokenizer", "out", "workers", "seq-len", "format", "template", "loss"},
-                 {"skip-bad-lines", "no-progress"});
+  const Args o = parse_args(
+      argc, argv, 2, {"tokenizer", "out", "workers", "seq-len", "overlong", "format", "template", "loss"},
+      {"skip-bad-lines", "no-progress"});
   if (o.help) {
     std::fprintf(stderr,
                  "usage: kiln prep DATA_JSON --tokenizer MODEL --out DIR [--workers N] [--seq-len L]\n"
+                 "                 [--overlong auto|split|truncate|drop]\n"
                  "                 [--format auto|text|alpaca|telechat|firefly|messages]\n"
                  "                 [--template firefly|xuanyuan|llama2|chatml|telechat] [--loss "
                  "all_turns|last_turn|all_tokens]\n"
@@ -59,6 +60,7 @@ int cmd_prep(int argc, char** argv) {
   if (opt.out_dir.empty()) user_error("prep: --out DIR is required");
   opt.workers = o.get_int("workers", 2);
   opt.seq_len = o.get_int("seq-len", 0);
+  opt.overlong = o.get("overlong", "auto");
   opt.format = o.get("format", "auto");
   opt.chat_template = o.get("template", "firefly");
   opt.loss = o.get("loss", "all_turns");

@@ -91,6 +91,7 @@ TokenStore::TokenStore(const std::string& dir) : dir_(dir) {
       StoreSource src;
       src.name = s.at("name").get<std::string>();
       src.weight = s.at("weight").get<double>();
+      src.format = s.value("format", std::string());
       src.docs = s.at("docs").get<int64_t>();
       src.tokens = s.at("tokens").get<int64_t>();
       const std::string prefix = (fs::path(dir) / s.at("prefix").get<std::string>()).string();

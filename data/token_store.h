@@ -5,7 +5,7 @@
 //   DIR/source_k.mask    uint8, one per token: 1 = the token is a trained label
 //   DIR/source_k.index   int64 little-endian document offsets into .tokens, docs+1 entries
 // and DIR/manifest.json {"format": "kiln-token-store", "version": 1, "vocab_size", "tokenizer",
-// "sources": [{"name", "weight", "prefix", "docs", "tokens", "loss_tokens"}]} plus
+// "sources": [{"name", "weight", "format", "prefix", "docs", "tokens", "loss_tokens"}]} plus
 // DIR/stats.json. A directory is complete only when manifest.json exists; prep writes under a
 // temporary name and renames, so an interrupted prep never leaves a store that looks complete.
 #pragma once
@@ -39,8 +39,9 @@ class TokenStoreWriter {
 };
 
 struct StoreSource {
-  std::string name;   // the path as written in data.json
-  double weight = 1;  // its data.json weight
+  std::string name;    // the path as written in data.json
+  double weight = 1;   // its data.json weight
+  std::string format;  // text | alpaca | ... as prepared ("" in stores from before formats were kept)
   int64_t docs = 0;
   int64_t tokens = 0;
   std::unique_ptr<MappedFile> tokens_file, mask_file, index_file;

@@ -151,6 +151,20 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   return out;
 }
 
+size_t Tokenizer::complete_prefix(const std::vector<int32_t>& ids) const {
+  // Walk back over the trailing byte pieces to the lead byte of the last character; if the
+  // bytes from it to the end are fewer than the lead byte announces, they are incomplete.
+  size_t k = ids.size();
+  for (int back = 0; back < 4 && k > 0 && sp_->IsByte(ids[k - 1]); ++back) {
+    const int b = std::stoi(sp_->IdToPiece(ids[k - 1]).substr(3, 2), nullptr, 16);
+    --k;
+    if ((b & 0xC0) == 0x80) continue;  // a continuation byte: the lead is further back
+    const int need = (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 1;
+    return static_cast<int>(ids.size() - k) < need ? k : ids.size();
+  }
+  return ids.size();
+}
+
 int32_t Tokenizer::bos_id() const { return sp_->bos_id(); }
 int32_t Tokenizer::eos_id() const { return sp_->eos_id(); }
 int32_t Tokenizer::pad_id() const { return sp_->pad_id() >= 0 ? sp_->pad_id() : sp_->eos_id(); }

@@ -27,6 +27,9 @@ class Tokenizer {
   // makes them), so that encoding word by word gives exactly the ids of the whole text.
   bool word_cache() const { return word_cache_; }
   std::string decode(const std::vector<int32_t>& ids) const;
+  // How many of `ids` decode to whole characters: trailing byte pieces (<0xE5>, ...) that start
+  // a UTF-8 character without finishing it are held back (generate stops mid-character).
+  size_t complete_prefix(const std::vector<int32_t>& ids) const;
   int32_t bos_id() const;
   int32_t eos_id() const;
   int32_t pad_id() const;  // the model's pad, else eos

@@ -16,6 +16,7 @@ say() { echo "[setup] $*" >&2; }
 #    installed some other way: then a failed apt-get is a warning, and CMake names what is missing.
 pkgs=(build-essential cmake pkg-config ccache libopenmpi-dev openmpi-bin libyaml-cpp-dev
       nlohmann-json3-dev libsentencepiece-dev sentencepiece libxxhash-dev libgtest-dev python3-venv
+      libprotobuf-c-dev protobuf-c-compiler libisal-dev
       fortunes fortunes-zh)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -55,9 +56,9 @@ if [ -z "$torch_cmake" ]; then
   fi
   # Only the test fixtures and benchmarks use these; kiln itself never runs Python.
   # peft and bitsandbytes make the LoRA/DoRA and NF4 reference fixtures (bitsandbytes quantizes on
-  # the CPU) and check that a kiln-written adapter loads with PEFT.
-  if ! "$cache/venv/bin/python" -c "import transformers, safetensors, sentencepiece, peft, bitsandbytes" 2>/dev/null; then
-    "$cache/venv/bin/pip" install -q "transformers>=4.45" safetensors sentencepiece numpy "peft>=0.13" "bitsandbytes>=0.45"
+  # the CPU) and check that a kiln-written adapter loads with PEFT; tensorboard reads event files back.
+  if ! "$cache/venv/bin/python" -c "import transformers, safetensors, sentencepiece, peft, bitsandbytes, tensorboard" 2>/dev/null; then
+    "$cache/venv/bin/pip" install -q "transformers>=4.45" safetensors sentencepiece numpy "peft>=0.13" "bitsandbytes>=0.45" tensorboard
   fi
   torch_cmake=$("$cache/venv/bin/python" -c "$probe")
   python_for_tests="$cache/venv/bin/python"

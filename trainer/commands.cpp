@@ -8,6 +8,8 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "data/hf_tokenizer.h"
+#include "data/mix_table.h"
 #include "models/hf.h"
 #include "models/weight_source.h"
 #include "parallel/communicator.h"
@@ -36,6 +38,16 @@ std::string human_bytes(double b) {
   while (b >= 1024 && u < 4) b /= 1024, ++u;
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.2f %s", b, units[u]);
+  return buf;
+}
+
+// 172352 -> "172.35 K", 6.74e9 -> "6.74 B".
+std::string human_count(double n) {
+  const char* units[] = {"", " K", " M", " B", " T"};
+  int u = 0;
+  while (n >= 1000 && u < 4) n /= 1000, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), u ? "%.2f%s" : "%.0f%s", n, units[u]);
   return buf;
 }
 
@@ -108,12 +120,13 @@ int cmd_plan(int argc, char** argv) {
   std::printf("layout:            tp %lld x pp %lld x dp %lld, ZeRO-%lld, %lld micro-batches per step\n",
               (long long)p.tp, (long long)p.pp, (long long)dp, (long long)p.zero,
               (long long)accumulation_steps(cfg, world));
-  std::printf("parameters:        %.0f (%.3f B)\n", n, n / 1e9);
+  std::printf("parameters:        %.0f (%s)\n", n, human_count(n).c_str());
   std::printf("flops per token:   %.4g (training, seq %lld)\n", m.flops_per_token(cfg.data.seq_len),
               (long long)cfg.data.seq_len);
   std::printf("memory per rank:   params %s | grads %s | optimizer %s | activations ~%s | total ~%s\n",
               human_bytes(param_b).c_str(), human_bytes(grad_b).c_str(), human_bytes(optim_b).c_str(),
               human_bytes(act_b).c_str(), human_bytes(param_b + grad_b + optim_b + act_b).c_str());
+  std::printf("%s", describe_mixture(cfg).c_str());
   return 0;
 }
 
@@ -135,8 +148,9 @@ int cmd_export(int argc, char** argv) {
   const char* usage =
       "usage: kiln export CHECKPOINT_DIR|RUN_DIR --out DIR [--format hf] [--dtype fp32|bf16|fp16]\n"
       "  Writes the checkpoint's weights as a Hugging Face model (config.json + safetensors,\n"
-      "  sharded above 5 GB), assembled from the checkpoint's shards one tensor at a time.\n"
-      "  The checkpoint is verified first (sizes, checksums, coverage).\n";
+      "  sharded above 5 GB), assembled from the checkpoint's shards one tensor at a time, with the\n"
+      "  run's tokenizer (tokenizer.model, tokenizer_config.json, special_tokens_map.json) and\n"
+      "  generation_config.json. The checkpoint is verified first (sizes, checksums, coverage).\n";
   if (a.help) {
     std::printf("%s", usage);
     return 0;
@@ -165,6 +179,7 @@ int cmd_export(int argc, char** argv) {
         return source->read_full(name, it->second);
       },
       a.get("out"));
+  export_tokenizer(cfg, a.get("out"));
   log0("exported ", dir, " -> ", a.get("out"));
   return 0;
 }

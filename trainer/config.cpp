@@ -320,7 +320,10 @@ std::vector<Key> schema(Config& cfg) {
                  "mean over trained tokens of the global batch, or per sample"),
       int_key("data.seq_len", &d.seq_len, 2, kMax, "tokens per training sequence"),
       bool_key("data.packing", &d.packing, "pack whole samples into sequences (no cross-attention)"),
-      choice_key("data.overlong", &d.overlong, {"truncate", "drop"}, "samples longer than seq_len"),
+      choice_key("data.overlong", &d.overlong, {"auto", "split", "truncate", "drop"},
+                 "samples over seq_len: auto = split text, truncate SFT"),
+      bool_key("data.redraw_each_epoch", &d.redraw_each_epoch,
+               "mix telechat: draw a new pool every epoch (TeleChat: one pool)"),
       string_key("data.eval", &d.eval, "eval data (same forms as mixture)", true),
       int_key("data.eval_samples", &d.eval_samples, 0, kMax, "eval samples used, 0 = all"),
       int_key("data.workers", &d.workers, 1, 256, "tokenizer threads for prep"),
@@ -365,6 +368,8 @@ std::vector<Key> schema(Config& cfg) {
                  "keep optimizer state on the host"),
       choice_key("train.device", &t.device, {"auto", "cpu", "cuda"}, "where to compute"),
       int_key("train.threads", &t.threads, 0, 1024, "CPU threads, 0 = torch default"),
+      string_key("train.tensorboard", &t.tensorboard,
+                 "TensorBoard event files: auto (RUN_DIR/tb) | none | DIR"),
       int_key("parallel.tp", &p.tp, 1, 1024, "tensor-parallel size"),
       int_key("parallel.pp", &p.pp, 1, 1024, "pipeline-parallel size"),
       int_key("parallel.virtual_stages", &p.virtual_stages, 1, 1024, "interleaved chunks per pipeline rank"),
@@ -582,6 +587,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (!in) user_error(path, ": cannot read config file (", std::strerror(errno), ")");
   std::stringstream ss;
   ss << in.rdbuf();
+  try {
+    if (YAML::Load(ss.str()).IsNull())
+      user_error(path, ": empty config file (expected the sections model, tokenizer, data, train, ...)");
+  } catch (const YAML::ParserException&) {
+    // parse_config reports it with its line
+  }
   return parse_config(ss.str(), path, overrides);
 }
 

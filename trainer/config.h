@@ -27,10 +27,11 @@ struct DataConfig {
   std::string loss_average = "token";                  // token | sample
   int64_t seq_len = 128;
   bool packing = true;
-  std::string overlong = "truncate";  // truncate | drop
-  std::string eval;                   // eval data (same forms as mixture), optional
-  int64_t eval_samples = 0;           // 0 = all of eval
-  int64_t workers = 2;                // prep threads
+  std::string overlong = "auto";   // auto (split text, truncate SFT) | split | truncate | drop
+  bool redraw_each_epoch = false;  // mix telechat: a new pool every epoch (TeleChat: one pool)
+  std::string eval;                // eval data (same forms as mixture), optional
+  int64_t eval_samples = 0;        // 0 = all of eval
+  int64_t workers = 2;             // prep threads
   bool skip_bad_lines = false;
   int64_t prefetch = 2;  // batches prepared ahead by the loader thread
 };
@@ -58,6 +59,7 @@ struct TrainConfig {
   std::string optimizer_offload = "none";  // none | cpu
   std::string device = "auto";             // auto | cpu | cuda
   int64_t threads = 0;                     // CPU intra-op threads, 0 = torch default
+  std::string tensorboard = "auto";        // event files: auto (RUN_DIR/tb) | none | DIR
 };
 
 struct ParallelConfig {

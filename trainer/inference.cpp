@@ -94,7 +94,10 @@ std::string generate_text(const Config& cfg, const std::string& prompt) {
     if (next == tok.eos_id()) break;
     ids.push_back(static_cast<int32_t>(next));
   }
-  return tok.decode(std::vector<int32_t>(ids.begin() + prompt_len, ids.end()));
+  // A last character cut off by max_new_tokens is held back rather than printed as U+FFFD.
+  const std::vector<int32_t> generated(ids.begin() + prompt_len, ids.end());
+  return tok.decode(
+      std::vector<int32_t>(generated.begin(), generated.begin() + tok.complete_prefix(generated)));
 }
 
 }  // namespace kiln

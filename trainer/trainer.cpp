@@ -39,6 +39,7 @@
 #include "trainer/lr_schedule.h"
 #include "trainer/model_setup.h"
 #include "trainer/step_runner.h"
+#include "trainer/tensorboard.h"
 
 namespace fs = std::filesystem;
 
@@ -149,6 +150,7 @@ class Trainer {
   std::unique_ptr<DataLoader> loader_;
   std::unique_ptr<StepRunner> runner_;
   std::ofstream metrics_;
+  std::unique_ptr<TensorBoardWriter> tb_;
   std::vector<std::string> sources_;
   int64_t start_step_ = 0, tokens_seen_ = 0;
 };
@@ -199,6 +201,7 @@ void Trainer::build() {
   }
   if (resume_dir_.empty()) log0("weights: ", cfg_.model.init_from != "none" ? cfg_.model.init_from : source->describe());
   loader_ = std::make_unique<DataLoader>(cfg_, mesh_.coords().dp, dp_size_, global_batch_);
+  log0(format_mix_table(loader_->mix_shares(), cfg_.data.mix));
   runner_ = no_pipeline_runner(*model_, setup_.device);
 }
 
@@ -264,7 +267,7 @@ void Trainer::write_metrics(int64_t step, const StepStats& s) {
   const int64_t step_tokens = global_batch_ * cfg_.data.seq_len;
   // Global per-source tokens consumed so far (the loader's count at a step boundary).
   const std::vector<int64_t> source_tokens = loader_->state().source_tokens;
-  nlohmann::json row = {{"step", step + 1},
+  nlohmann::ordered_json row = {{"step", step + 1},
                         {"loss", s.loss},
                         {"lr", s.lr},
                         {"grad_norm", s.norm},
@@ -278,7 +281,10 @@ void Trainer::write_metrics(int64_t step, const StepStats& s) {
   row["packing_efficiency"] = loader_->packing_efficiency();
   row["samples_truncated"] = loader_->truncated();  // over-long samples so far (data.overlong)
   row["samples_dropped"] = loader_->dropped();
+  row["samples_split"] = loader_->split();  // over-long documents split, and their pieces
+  row["split_pieces"] = loader_->split_pieces();
   metrics_ << row.dump() << "\n" << std::flush;
+  if (tb_) tb_->add_row(row);
 }
 
 void Trainer::save(int64_t step) {
@@ -332,6 +338,7 @@ TrainResult Trainer::run() {
     truncate_metrics(metrics_path, start_step_);
     metrics_.open(metrics_path, std::ios::app);
   }
+  tb_ = open_tensorboard(cfg_.train, rank0_);
   g_stop_signal = 0;
   auto old_term = std::signal(SIGTERM, on_stop_signal);
   auto old_int = std::signal(SIGINT, on_stop_signal);
@@ -383,10 +390,9 @@ TrainResult Trainer::run() {
     if (cfg_.train.eval_every > 0 && ((step + 1) % cfg_.train.eval_every == 0 || step + 1 == cfg_.train.steps)) {
       EvalResult ev = evaluate_model(*model_, cfg_, setup_.device, &mesh_.dp());
       log0("eval at step ", step + 1, ": loss ", ev.loss, " over ", ev.tokens, " tokens");
-      if (rank0_)
-        metrics_ << nlohmann::json{{"step", step + 1}, {"eval_loss", ev.loss}, {"eval_tokens", ev.tokens}}.dump()
-                 << "\n"
-                 << std::flush;
+      const nlohmann::json eval_row = {{"step", step + 1}, {"eval_loss", ev.loss}, {"eval_tokens", ev.tokens}};
+      if (rank0_) metrics_ << eval_row.dump() << "\n" << std::flush;
+      if (tb_) tb_->add_row(eval_row);
     }
     const bool last = step + 1 == cfg_.train.steps;
     const bool exit_now = opts_.exit_after > 0 && steps_this_run >= opts_.exit_after;

@@ -226,9 +226,10 @@ TEST(DataTemplate, GoldenMasksEveryTemplateSingleAndMultiTurn) {
       {"chatml", "multi", "last_turn",
        "<s><|im_start|>user\\nq one<|im_end|>\\n<|im_start|>assistant\\na "
        "one<|im_end|>\\n<|im_start|>user\\nq two<|im_end|>\\n<|im_start|>assistant\\n[a two<|im_end|>]\\n"},
-      {"telechat", "single", "all_turns", "<s><_user>hi there<_bot>[hello<_end>]"},
-      {"telechat", "multi", "all_turns", "<s><_user>q one<_bot>[a one<_end>]<_user>q two<_bot>[a two<_end>]"},
-      {"telechat", "multi", "last_turn", "<s><_user>q one<_bot>a one<_end><_user>q two<_bot>[a two<_end>]"},
+      {"telechat", "single", "all_turns", "<s>[<_user>]hi there[<_bot>hello<_end>]"},
+      {"telechat", "multi", "all_turns",
+       "<s>[<_user>]q one[<_bot>a one<_end><_user>]q two[<_bot>a two<_end>]"},
+      {"telechat", "multi", "last_turn", "<s><_user>q one<_bot>a one<_end>[<_user>]q two[<_bot>a two<_end>]"},
       {"firefly", "multi", "all_tokens", "[<s>q one</s>a one</s>q two</s>a two</s>]"},
   };
   // xuanyuan's default system message (FastChat's), rendered
@@ -254,7 +255,7 @@ TEST(DataTemplate, GoldenSystemMessages) {
             "<s><|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nhi "
             "there<|im_end|>\\n<|im_start|>assistant\\n[hello<|im_end|>]\\n");
   EXPECT_EQ(golden("telechat", s, "all_turns"),
-            "<s><_user>hi there<_bot>[hello<_end>]");  // telechat has no system slot
+            "<s>[<_user>]hi there[<_bot>hello<_end>]");  // telechat has no system slot
 }
 
 TEST(DataTemplate, GoldenCustomTemplateFromYaml) {
