@@ -57,6 +57,9 @@ class SampleEncoder {
     bool trained = false;
   };
   void append(std::vector<Seg>& segs, const std::string& text, bool trained) const;
+  void append_text(std::vector<Seg>& segs, const std::string& text, bool trained) const;
+  void append_filled(std::vector<Seg>& segs, const std::string& pattern, const std::string& content,
+                     bool trained) const;
 
   const Tokenizer& tok_;
   ChatTemplate tmpl_;
