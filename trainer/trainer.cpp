@@ -31,6 +31,7 @@
 #include "trainer/log.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/model_setup.h"
+#include "trainer/test_hooks.h"
 
 namespace fs = std::filesystem;
 
@@ -304,6 +305,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
         log0(line);
       }
     }
+    test_pause_after_step(step + 1, [] { return g_stop_signal.load() != 0; });  // tests only
 
     if (cfg.train.eval_every > 0 && ((step + 1) % cfg.train.eval_every == 0 || step + 1 == cfg.train.steps)) {
       EvalResult ev = evaluate_model(*model, cfg, setup.device, &dp);
