@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
 # `mpirun -np N kiln train` with ZeRO 0-3 gives the losses of the one-process run with the
 # same global batch (fp32, 1e-5 relative), and a run saved at dp=2 resumes at dp=1.
+# The data mixes pretraining text (every label trained) with SFT samples whose long prompts are
+# masked, so ranks and micro-batches train very different numbers of tokens: a loss divided by
+# a rank's own trained tokens (or the mean of the ranks' means) does not match the dp=1 run.
 source "$(dirname "$0")/lib.sh"
 make_tiny
+python3 - "$WORK/long_prompts.jsonl" <<'PY'
+import json, random, sys
+random.seed(5)
+words = "the quick brown fox jumps over lazy dog sea moon hill light town poem journey".split()
+with open(sys.argv[1], "w") as f:
+    for i in range(24):
+        q = " ".join(random.choice(words) for _ in range(random.randint(4, 30)))
+        a = " ".join(random.choice(words) for _ in range(random.randint(1, 3)))
+        f.write(json.dumps({"conversation": [{"human": q, "assistant": a}]}) + "\n")
+PY
+printf '{"pretrain.jsonl": 1.0, "sft_firefly.jsonl": 1.0, "long_prompts.jsonl": 2.0}\n' >"$WORK/data.json"
 # np 2 with untied embeddings, np 4 with tied ones (the head then shares the embedding's shard).
 for tied in false true; do
   "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/dp1-$tied" --set model.tie_embeddings=$tied \

@@ -34,9 +34,9 @@ ZeroRunResult run_placed(Communicator& dp, const ZeroRunSpec& spec, const c10::D
   opt.to(state_device);
   EXPECT_EQ(opt.state_device(), state_device);
   ZeroRunResult result;
-  const double global_tokens = static_cast<double>(spec.global_batch * spec.seq_len);
   for (int step = 0; step < spec.steps; ++step) {
     opt.zero_grad();
+    const double global_tokens = test::global_loss_tokens(step, spec);
     double loss_part = 0;
     for (int64_t m = 0; m < spec.global_batch; m += spec.micro_batch) {
       Batch b = on(test::rows_of_step(step, m, spec.micro_batch, spec, cfg.vocab_size), model_device);
