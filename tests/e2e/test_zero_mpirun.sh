@@ -43,3 +43,21 @@ timeout 300 mpirun --oversubscribe -np 2 "$KILN" train "$WORK/tiny.yaml" --set t
 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$run" >>"$run.log" 2>&1 || { tail -20 "$run.log"; die "dp=1 second half"; }
 losses "$run" >"$run.loss"
 echo -n "dp=2 -> dp=1 resume: "; close "$WORK/dp1.loss" "$run.loss" 1e-5 || die "resharded resume differs"
+
+# A rank that stops answering during `kiln train` (held after step 2 by KILN_TEST_PAUSE_AFTER_STEP,
+# trainer/test_hooks.h) makes the others give up after parallel.timeout_s with the timeout line,
+# and the job exits non-zero instead of hanging.
+run=$WORK/stuck
+start=$(date +%s)
+set +e
+timeout 120 mpirun --oversubscribe -np 1 env KILN_TEST_PAUSE_AFTER_STEP=2 "$KILN" train "$WORK/tiny.yaml" \
+  --set train.run_dir="$run" --set parallel.timeout_s=3 --set train.micro_batch_size=2 \
+  : -np 1 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$run" --set parallel.timeout_s=3 \
+  --set train.micro_batch_size=2 >"$run.log" 2>&1
+rc=$?
+set -e
+took=$(($(date +%s) - start))
+[ $rc != 0 ] && [ $rc != 124 ] || { tail -20 "$run.log"; die "stuck rank: rc $rc (124: the job hung)"; }
+grep -q "kiln: test pause after step 2" "$run.log" || die "rank 0 never paused: $(tail -5 "$run.log")"
+grep -q "kiln: timeout after 3s in all_reduce" "$run.log" || { tail -20 "$run.log"; die "no timeout line"; }
+echo "stuck rank during kiln train: job ended (rc $rc) after ${took}s with the timeout line"
