@@ -90,7 +90,8 @@ TEST(ZeroDeviceCuda, StateOnTheGpuTrainsLikeTheCpu) {
     auto cpu_dp = make_world_communicator("auto", /*cuda=*/false, 5.0);
     const ZeroRunResult want = test::run_zero(*cpu_dp, spec);
     const ZeroRunResult got = run_placed(*dp, spec, gpu, gpu);
-    expect_same_training(got, want, 1e-3, stage);  // fp32 on both; GPU reduction order differs
+    // fp32 on both: only the reduction order differs (uneven masks, Adam eps 1e-6: see zero_run.h)
+    expect_same_training(got, want, 1e-5, stage);
   }
 }
 
