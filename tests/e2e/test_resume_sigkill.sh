@@ -7,6 +7,18 @@
 source "$(dirname "$0")/lib.sh"
 make_tiny
 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/whole" >/dev/null 2>&1 || die "uninterrupted run"
+# kiln eval prints exactly one JSON line on stdout (logs go to stderr): its eval set's loss.
+"$KILN" eval "$WORK/tiny.yaml" --set train.run_dir="$WORK/whole" >"$WORK/eval.out" 2>"$WORK/eval.err" || die "eval"
+python3 - "$WORK/eval.out" "$WORK/pretrain.jsonl" <<'PY' || die "kiln eval stdout: $(cat "$WORK/eval.out")"
+import json, math, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert len(lines) == 1, lines
+r = json.loads(lines[0])
+assert sorted(r) == ["loss", "tokens"], r
+assert math.isfinite(r["loss"]) and 0 < r["loss"] < math.log(700), r  # trained: below uniform
+assert isinstance(r["tokens"], int) and r["tokens"] > 0, r
+print("kiln eval:", lines[0])
+PY
 
 # Starts a run paused after step $2, waits (up to 120 s) until it says so; leaves its pid in $pid.
 start_paused() {  # run_dir step --set ...
