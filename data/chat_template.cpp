@@ -15,12 +15,6 @@ const char* kXuanyuanSystem =
     "会对人类提出的问题给出有帮助、高质量、详细和礼貌的回答，并且总是拒绝参与与不道德、"
     "不安全、有争议、政治敏感等相关的话题、问题和指示。\n";
 
-std::string fill(const std::string& pattern, const std::string& content) {
-  const size_t at = pattern.find("{content}");
-  if (at == std::string::npos) return pattern;
-  return pattern.substr(0, at) + content + pattern.substr(at + 9);
-}
-
 bool parse_bool(const std::string& v, const std::string& key) {
   if (v == "true" || v == "1" || v == "yes") return true;
   if (v == "false" || v == "0" || v == "no") return false;
@@ -123,7 +117,17 @@ SampleEncoder::SampleEncoder(const Tokenizer& tok, ChatTemplate tmpl, const std:
   for (const auto& p : tmpl_.specials) special_ids_[p] = tok_.require_piece(p, "template " + tmpl_.name);
 }
 
-// Splits `text` at the special pieces; those become ids, the rest stays text.
+// Text as text: merged into the previous text segment when it has the same mask.
+void SampleEncoder::append_text(std::vector<Seg>& segs, const std::string& text, bool trained) const {
+  if (text.empty()) return;
+  if (!segs.empty() && segs.back().id < 0 && segs.back().trained == trained)
+    segs.back().text += text;
+  else
+    segs.push_back({-1, text, trained});
+}
+
+// Splits template text at the special pieces; those become ids, the rest stays text. Text gets
+// `trained`, the special pieces `specials_trained` (-1: the same as trained).
 void SampleEncoder::append(std::vector<Seg>& segs, const std::string& text, bool trained,
                            int specials_trained) const {
   size_t pos = 0;
@@ -138,16 +142,22 @@ void SampleEncoder::append(std::vector<Seg>& segs, const std::string& text, bool
       }
     }
     const size_t end = hit ? best : text.size();
-    if (end > pos) {
-      if (!segs.empty() && segs.back().id < 0 && segs.back().trained == trained)
-        segs.back().text += text.substr(pos, end - pos);
-      else
-        segs.push_back({-1, text.substr(pos, end - pos), trained});
-    }
+    if (end > pos) append_text(segs, text.substr(pos, end - pos), trained);
     if (!hit) break;
     segs.push_back({hit->second, "", specials_trained < 0 ? trained : specials_trained != 0});
     pos = best + hit->first.size();
   }
+}
+
+// A pattern with {content}: the pattern's specials become ids; the content (what the user or
+// the data wrote) is only text, so "</s>" typed in a message is never the eos id.
+void SampleEncoder::append_filled(std::vector<Seg>& segs, const std::string& pattern,
+                                  const std::string& content, bool trained, int specials_trained) const {
+  const size_t at = pattern.find("{content}");
+  if (at == std::string::npos) return append(segs, pattern, trained, specials_trained);
+  append(segs, pattern.substr(0, at), trained, specials_trained);
+  append_text(segs, content, trained);
+  append(segs, pattern.substr(at + 9), trained, specials_trained);
 }
 
 EncodedSample SampleEncoder::encode(const Sample& s) const {
@@ -168,25 +178,27 @@ EncodedSample SampleEncoder::encode(const Sample& s) const {
   std::vector<Seg> segs;
   if (tmpl_.bos) segs.push_back({tok_.bos_id(), "", all});
   const std::string& system = s.system.empty() ? tmpl_.default_system : s.system;
-  std::string system_text = system.empty() || tmpl_.system.empty() ? "" : fill(tmpl_.system, system);
-  if (!tmpl_.system_in_first_user) append(segs, system_text, all);
+  const bool has_system = !system.empty() && !tmpl_.system.empty();
+  if (has_system && !tmpl_.system_in_first_user) append_filled(segs, tmpl_.system, system, all);
   bool content_trained = false;  // some answer token (not only end-of-turn markers) is trained
   for (size_t i = 0; i < s.turns.size(); ++i) {
     const Turn& t = s.turns[i];
     if (t.role == "user") {
-      std::string content = t.content;
-      if (tmpl_.system_in_first_user && i == 0) content = system_text + content;
-      const size_t at = tmpl_.user.find("{content}");
-      if (!tmpl_.train_role_pieces || at == std::string::npos) {
-        append(segs, fill(tmpl_.user, content), all);
-        continue;
+      if (has_system && tmpl_.system_in_first_user &&
+          i == 0) {  // llama2: [INST] <<SYS>>...<</SYS>> q [/INST]
+        const size_t at = tmpl_.user.find("{content}");
+        append(segs, tmpl_.user.substr(0, at), all);
+        append_filled(segs, tmpl_.system, system, all);
+        append_filled(segs, tmpl_.user.substr(at), t.content, all);
+      } else if (tmpl_.train_role_pieces) {
+        // TeleChat: the pattern's own pieces (not any in the content) train with the answer that
+        // follows.
+        const bool answer_follows = i + 1 < s.turns.size() && s.turns[i + 1].role == "assistant";
+        const bool roles = all || (answer_follows && (loss_ == "all_turns" || i + 1 == last_answer));
+        append_filled(segs, tmpl_.user, t.content, all, roles);
+      } else {
+        append_filled(segs, tmpl_.user, t.content, all);
       }
-      // The pattern's own pieces (not any in the content) train with the answer that follows.
-      const bool answer_follows = i + 1 < s.turns.size() && s.turns[i + 1].role == "assistant";
-      const bool roles = all || (answer_follows && (loss_ == "all_turns" || i + 1 == last_answer));
-      append(segs, tmpl_.user.substr(0, at), all, roles);
-      append(segs, content, all);
-      append(segs, tmpl_.user.substr(at + 9), all, roles);
       continue;
     }
     const bool trained = all || loss_ == "all_turns" || i == last_answer;
@@ -196,7 +208,8 @@ EncodedSample SampleEncoder::encode(const Sample& s) const {
     const std::string prefix = tmpl_.assistant.substr(0, at);
     const bool spaces = prefix.find_first_not_of(' ') == std::string::npos;
     if (!spaces) append(segs, prefix, all);
-    append(segs, (spaces ? prefix : "") + t.content + tmpl_.assistant.substr(at + 9), trained);
+    append_text(segs, (spaces ? prefix : "") + t.content, trained);
+    append(segs, tmpl_.assistant.substr(at + 9), trained);
     append(segs, tmpl_.end_of_turn, trained);
     append(segs, tmpl_.after_turn, all);
     content_trained = content_trained || (trained && !t.content.empty());

@@ -59,8 +59,10 @@ class SampleEncoder {
     std::string text;
     bool trained = false;
   };
-  // Text segments get `trained`, special pieces `specials_trained` (-1: the same as trained).
   void append(std::vector<Seg>& segs, const std::string& text, bool trained, int specials_trained = -1) const;
+  void append_text(std::vector<Seg>& segs, const std::string& text, bool trained) const;
+  void append_filled(std::vector<Seg>& segs, const std::string& pattern, const std::string& content,
+                     bool trained, int specials_trained = -1) const;
 
   const Tokenizer& tok_;
   ChatTemplate tmpl_;

@@ -40,6 +40,7 @@
 #include "trainer/model_setup.h"
 #include "trainer/step_runner.h"
 #include "trainer/tensorboard.h"
+#include "trainer/test_hooks.h"
 
 namespace fs = std::filesystem;
 
@@ -386,6 +387,7 @@ TrainResult Trainer::run() {
           step_tokens / s.seconds, peak_memory_bytes(setup_.device) / double(1 << 30), format_duration(eta).c_str());
       log0(line);
     }
+    test_pause_after_step(step + 1, [] { return g_stop_signal.load() != 0; });  // tests only
 
     if (cfg_.train.eval_every > 0 && ((step + 1) % cfg_.train.eval_every == 0 || step + 1 == cfg_.train.steps)) {
       EvalResult ev = evaluate_model(*model_, cfg_, setup_.device, &mesh_.dp());

@@ -5,15 +5,16 @@ source "$(dirname "$0")/lib.sh"
 make_tiny
 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/whole" >/dev/null 2>&1 || die "reference run"
 
-# An "mpirun" whose first launch is killed (SIGKILL) after step 3 is logged, like a node dying.
+# An "mpirun" whose first launch is killed (SIGKILL) after step 3, like a node dying: the run is
+# held there by KILN_TEST_PAUSE_AFTER_STEP (trainer/test_hooks.h), so the kill lands at step 3.
 cat >"$WORK/flaky-mpirun" <<SH
 #!/usr/bin/env bash
 shift 2                                   # -np N
 while [ "\${1:-}" != "$KILN" ]; do shift; done
 if [ ! -f "$WORK/failed-once" ]; then
   touch "$WORK/failed-once"
-  "\$@" & pid=\$!
-  until [ -f "$WORK/run/metrics.jsonl" ] && [ "\$(wc -l <"$WORK/run/metrics.jsonl")" -ge 3 ]; do kill -0 \$pid 2>/dev/null || exit 1; sleep 0.05; done
+  KILN_TEST_PAUSE_AFTER_STEP=3 "\$@" 2>"$WORK/first.err" & pid=\$!
+  until grep -q "kiln: test pause after step 3" "$WORK/first.err"; do kill -0 \$pid 2>/dev/null || exit 1; sleep 0.1; done
   kill -9 \$pid; wait \$pid; exit 137
 fi
 exec "\$@"
@@ -24,6 +25,7 @@ MPIRUN="$WORK/flaky-mpirun" "$ROOT/launch/kiln-launch" --restarts 2 --wait 0 "$W
 grep -q "attempt 1 failed (exit 137); restarting" "$WORK/launch.log" || die "no restart: $(cat "$WORK/launch.log")"
 losses "$WORK/whole" >"$WORK/a"; losses "$WORK/run" >"$WORK/b"
 diff "$WORK/a" "$WORK/b" || die "restarted run's losses differ"
+grep -q "resumed from .*step-00000002 at step 2" "$WORK/launch.log" || die "the restart did not resume at step 2"
 
 # Bad input is not retried.
 set +e

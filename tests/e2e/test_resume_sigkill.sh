@@ -1,26 +1,63 @@
 #!/usr/bin/env bash
 # A run killed with SIGKILL mid-training and resumed produces exactly the losses and final
-# weights of the run that was never interrupted.
+# weights of the run that was never interrupted; a SIGTERM saves a checkpoint of the step it
+# lands in and exits 0, and resuming from it gives the same losses too.
+# Both signals land at a known point: KILN_TEST_PAUSE_AFTER_STEP=N (trainer/test_hooks.h) holds
+# the trainer after step N's metrics row, before its checkpoint, until a signal comes.
 source "$(dirname "$0")/lib.sh"
 make_tiny
 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/whole" >/dev/null 2>&1 || die "uninterrupted run"
+# kiln eval prints exactly one JSON line on stdout (logs go to stderr): its eval set's loss.
+"$KILN" eval "$WORK/tiny.yaml" --set train.run_dir="$WORK/whole" >"$WORK/eval.out" 2>"$WORK/eval.err" || die "eval"
+python3 - "$WORK/eval.out" "$WORK/pretrain.jsonl" <<'PY' || die "kiln eval stdout: $(cat "$WORK/eval.out")"
+import json, math, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert len(lines) == 1, lines
+r = json.loads(lines[0])
+assert sorted(r) == ["loss", "tokens"], r
+assert math.isfinite(r["loss"]) and 0 < r["loss"] < math.log(700), r  # trained: below uniform
+assert isinstance(r["tokens"], int) and r["tokens"] > 0, r
+print("kiln eval:", lines[0])
+PY
 
-"$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/killed" --set checkpoint.every=1 \
-  --set train.steps=8 >"$WORK/killed.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 600); do  # until step 4 is logged (checkpoint 4 may or may not be complete)
-  [ -f "$WORK/killed/metrics.jsonl" ] && [ "$(wc -l <"$WORK/killed/metrics.jsonl")" -ge 4 ] && break
-  kill -0 $pid 2>/dev/null || break
-  sleep 0.05
-done
-kill -9 $pid 2>/dev/null || die "the run ended before it could be killed"
+# Starts a run paused after step $2, waits (up to 120 s) until it says so; leaves its pid in $pid.
+start_paused() {  # run_dir step --set ...
+  local run=$1 step=$2; shift 2
+  KILN_TEST_PAUSE_AFTER_STEP=$step "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$run" "$@" \
+    >"$run.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 1200); do
+    grep -q "kiln: test pause after step $step" "$run.log" 2>/dev/null && return 0
+    kill -0 $pid 2>/dev/null || { cat "$run.log"; die "the run ended before step $step"; }
+    sleep 0.1
+  done
+  die "no pause after step $step: $(tail -5 "$run.log")"
+}
+
+# SIGKILL after step 4's row: checkpoint 3 is the latest, row 4 is redone on resume.
+start_paused "$WORK/killed" 4 --set checkpoint.every=1
+kill -9 $pid
 wait $pid 2>/dev/null || true
-echo "killed after $(wc -l <"$WORK/killed/metrics.jsonl") logged steps; latest: $(cat "$WORK/killed/checkpoints/latest")"
+[ "$(wc -l <"$WORK/killed/metrics.jsonl")" = 4 ] || die "expected 4 metrics rows at the kill"
+[ "$(cat "$WORK/killed/checkpoints/latest")" = step-00000003 ] || die "latest is not step 3"
 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/killed" --set checkpoint.every=1 >"$WORK/resumed.log" 2>&1 \
   || { cat "$WORK/resumed.log"; die "resume"; }
-grep -q "resumed from" "$WORK/resumed.log" || die "did not resume"
+grep -q "resumed from .*step-00000003 at step 3" "$WORK/resumed.log" || die "did not resume at step 3"
 losses "$WORK/whole" >"$WORK/a"; losses "$WORK/killed" >"$WORK/b"
 diff "$WORK/a" "$WORK/b" || die "resumed losses differ from the uninterrupted run"
 cmp "$WORK/whole/checkpoints/step-00000008/model.safetensors" "$WORK/killed/checkpoints/step-00000008/model.safetensors" \
   || die "final weights differ"
-echo "resume after SIGKILL: identical losses and weights"
+echo "resume after SIGKILL at step 4: identical losses and weights"
+
+# SIGTERM after step 3 with no periodic checkpoints: step 3 is saved, the run exits 0.
+start_paused "$WORK/term" 3 --set checkpoint.every=0
+kill -TERM $pid
+rc=0; wait $pid || rc=$?
+[ $rc = 0 ] || { cat "$WORK/term.log"; die "SIGTERM: exit $rc, expected 0"; }
+grep -q "stopping on signal after step 3 (checkpoint saved" "$WORK/term.log" || die "no stop line: $(tail -3 "$WORK/term.log")"
+[ "$(ls "$WORK/term/checkpoints" | grep -c '^step-')" = 1 ] && [ "$(cat "$WORK/term/checkpoints/latest")" = step-00000003 ] \
+  || die "SIGTERM did not save exactly step 3: $(ls "$WORK/term/checkpoints")"
+"$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/term" >>"$WORK/term.log" 2>&1 || die "resume after SIGTERM"
+losses "$WORK/term" >"$WORK/c"
+diff "$WORK/a" "$WORK/c" || die "losses after SIGTERM + resume differ"
+echo "SIGTERM at step 3: checkpoint saved, exit 0, resumed to identical losses"

@@ -166,6 +166,7 @@ TEST(Collectives, SendToSelfIsAnError) {
 
 TEST(Collectives, BarrierHoldsEveryRankUntilTheLastArrives) {
   using Clock = std::chrono::steady_clock;
+  world().barrier();  // every rank starts the clock together, not whenever its process got here
   const auto start = Clock::now();
   if (world().rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
   world().barrier();

@@ -56,18 +56,41 @@ inline ModelConfig tiny_model_config(const ZeroRunSpec& spec) {
   return cfg;
 }
 
+// Labels that row `row` of step `step`'s global batch ignores: its last (5 row + 3 step) mod
+// (seq_len / 2 + 1), so ranks and micro-batches train different numbers of tokens and
+// a loss divided by a rank's own trained tokens, or averaged over ranks, differs from the
+// global batch's mean. The last ones, not the first: inputs after the last trained label get
+// exactly zero gradient, while masked prompts would give them tiny ones, which Adam's first
+// steps turn into O(lr) differences between layouts (see eps above).
+inline int64_t ignored_labels(int step, int64_t row, const ZeroRunSpec& spec) {
+  return (5 * row + 3 * step) % (spec.seq_len / 2 + 1);
+}
+
 // Rows [first, first + count) of step `step`'s global batch: random tokens, the same on every
-// rank and for every layout. Two batches alternate, so that the loss falls within 5 steps.
+// rank and for every layout, with ignored_labels() masked. Two batches alternate, so that the
+// loss falls within 5 steps.
 inline Batch rows_of_step(int step, int64_t first, int64_t count, const ZeroRunSpec& spec, int64_t vocab) {
   at::Generator gen = at::detail::createCPUGenerator(/*seed_in=*/9000 + step % 2);
   at::Tensor all = at::randint(vocab, {spec.global_batch, spec.seq_len + 1}, gen, at::kLong);
   at::Tensor rows = all.narrow(0, first, count);
   Batch b;
   b.input_ids = rows.narrow(1, 0, spec.seq_len).contiguous();
-  b.labels = rows.narrow(1, 1, spec.seq_len).contiguous();
+  b.labels = rows.narrow(1, 1, spec.seq_len).clone();
+  b.loss_tokens = 0;
+  for (int64_t r = 0; r < count; ++r) {
+    const int64_t ignored = ignored_labels(step, first + r, spec);
+    b.labels[r].narrow(0, spec.seq_len - ignored, ignored).fill_(kIgnoreIndex);
+    b.loss_tokens += spec.seq_len - ignored;
+  }
   b.position_ids = at::arange(spec.seq_len, at::kLong).expand({count, spec.seq_len}).contiguous();
-  b.loss_tokens = count * spec.seq_len;
   return b;
+}
+
+// Trained tokens of step `step`'s whole global batch (what the trainer all-reduces).
+inline double global_loss_tokens(int step, const ZeroRunSpec& spec) {
+  double n = 0;
+  for (int64_t row = 0; row < spec.global_batch; ++row) n += spec.seq_len - ignored_labels(step, row, spec);
+  return n;
 }
 
 inline ZeroRunResult run_zero(Communicator& dp, const ZeroRunSpec& spec) {
@@ -79,12 +102,20 @@ inline ZeroRunResult run_zero(Communicator& dp, const ZeroRunSpec& spec) {
   for (const auto& p : model->parameters()) result.model_bytes += p.numel() * p.element_size();
   ZeroOptimizer opt(*model, dp, spec.stage, spec.bucket_bytes, spec.adam, spec.keep_gathered);
   const int64_t per_rank = spec.global_batch / dp.size();
-  const double global_tokens = static_cast<double>(spec.global_batch * spec.seq_len);
   for (int step = 0; step < spec.steps; ++step) {
     opt.zero_grad();
-    double loss_part = 0;
+    // The divisor as the trainer finds it: this rank's trained tokens, summed over dp.
+    std::vector<Batch> batches;
+    at::Tensor counts = at::zeros({1}, at::kDouble);
     for (int64_t m = 0; m < per_rank; m += spec.micro_batch) {
-      Batch b = rows_of_step(step, dp.rank() * per_rank + m, spec.micro_batch, spec, cfg.vocab_size);
+      batches.push_back(rows_of_step(step, dp.rank() * per_rank + m, spec.micro_batch, spec, cfg.vocab_size));
+      counts += static_cast<double>(batches.back().loss_tokens);
+    }
+    dp.all_reduce(counts);
+    const double global_tokens = counts.item<double>();
+    TORCH_CHECK(global_tokens == global_loss_tokens(step, spec), "trained tokens ", global_tokens);
+    double loss_part = 0;
+    for (const Batch& b : batches) {
       at::Tensor loss = lm_loss_sum(model->forward(b), b.labels) / global_tokens;
       loss.backward();
       loss_part += loss.item<double>();

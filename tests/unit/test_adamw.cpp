@@ -4,7 +4,10 @@
 
 #include <cmath>
 
+#include "models/llama.h"
+#include "parallel/communicator.h"
 #include "parallel/zero.h"
+#include "tests/parallel/zero_run.h"
 
 namespace kiln {
 namespace {
@@ -35,6 +38,44 @@ TEST(AdamW, MatchesTheClosedFormOverSteps) {
   }
   // Element 3 had a zero first gradient and no decay: it moved only from step 2 on.
   EXPECT_NE(master[3].item<float>(), 3.0f);
+}
+
+// The decay mask of a real model: with zero gradients one AdamW step only decays, so every
+// matrix (embeddings, projections, head) is multiplied by 1 - lr * weight_decay and every
+// vector (the RMSNorm weights) is left exactly as it was; under ZeRO 0 and 3 alike.
+TEST(AdamW, WeightDecayOnMatricesOnly) {
+  for (int stage : {0, 3}) {
+    test::ZeroRunSpec spec;
+    const ModelConfig cfg = test::tiny_model_config(spec);
+    at::manual_seed(1234);
+    Llama model(cfg);
+    model->reset_parameters();
+    std::vector<std::pair<std::string, at::Tensor>> before;
+    for (const auto& p : model->named_parameters()) before.emplace_back(p.key(), p.value().detach().clone());
+    auto dp = make_world_communicator("auto", false, 5.0);
+    ZeroOptimizer opt(*model, *dp, stage, spec.bucket_bytes, AdamWOptions{0.1, 0.9, 0.95, 1e-8});
+    opt.zero_grad();
+    Batch b = test::rows_of_step(0, 0, 2, spec, cfg.vocab_size);
+    (lm_loss_sum(model->forward(b), b.labels) * 0.0).backward();  // every gradient exactly 0
+    opt.reduce_gradients();
+    opt.step(/*lr=*/0.5, /*grad_scale=*/1.0);
+    const auto after = opt.gather_parameters();
+    ASSERT_EQ(after.size(), before.size());
+    int matrices = 0, vectors = 0;
+    for (size_t i = 0; i < after.size(); ++i) {
+      ASSERT_EQ(after[i].first, before[i].first);
+      const at::Tensor& want = before[i].second;
+      if (want.dim() >= 2) {
+        ++matrices;
+        EXPECT_TRUE(at::allclose(after[i].second, want * (1 - 0.5 * 0.1), 1e-6, 0)) << after[i].first;
+      } else {
+        ++vectors;
+        EXPECT_TRUE(after[i].second.equal(want)) << after[i].first << " decayed (stage " << stage << ")";
+      }
+    }
+    EXPECT_EQ(vectors, 2 * cfg.num_layers + 1);   // input + post-attention norms, final norm
+    EXPECT_EQ(matrices, 7 * cfg.num_layers + 2);  // 7 per layer, embedding, untied head
+  }
 }
 
 }  // namespace

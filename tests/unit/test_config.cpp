@@ -42,6 +42,30 @@ TEST(Config, UnknownKeyNamesFileLineAndClosestKey) {
   EXPECT_NE(e.find("cfg.yaml:1"), std::string::npos) << e;
 }
 
+// Names from Hugging Face, DeepSpeed and Megatron configs are suggested as kiln's keys, each
+// with the exact message (a sample from every family; the line is the key's own).
+TEST(Config, ForeignKeyNamesSuggestKilnKeys) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"train.learning_rate", "train.lr"},
+      {"train.max_steps", "train.steps"},
+      {"train.train_iters", "train.steps"},
+      {"train.lr_decay_style", "train.schedule"},
+      {"train.max_grad_norm", "train.grad_clip"},
+      {"train.per_device_train_batch_size", "train.micro_batch_size"},
+      {"parallel.zero_stage", "parallel.zero"},
+      {"parallel.tensor_model_parallel_size", "parallel.tp"},
+      {"model.num_hidden_layers", "model.num_layers"},
+      {"model.max_position_embeddings", "model.max_seq_len"},
+      {"data.max_seq_length", "data.seq_len"}};
+  for (const auto& [foreign, ours] : cases) {
+    const std::string f = foreign, section = f.substr(0, f.find('.')), key = f.substr(f.find('.') + 1);
+    const std::string e = error_of(section + ":\n  " + key + ": 1\n");
+    EXPECT_NE(e.find(std::string("cfg.yaml:2: ") + foreign + ": unknown key; did you mean '" + ours + "'?"),
+              std::string::npos)
+        << e;
+  }
+}
+
 TEST(Config, WrongTypeNamesKey) {
   std::string e = error_of("train:\n  steps: many\n");
   EXPECT_NE(e.find("cfg.yaml:2: train.steps: expected an integer, got 'many'"), std::string::npos) << e;

@@ -90,7 +90,10 @@ TEST(DataTokenizer, NoWordCacheForNormalizingModels) {
   ASSERT_TRUE(sentencepiece::SentencePieceTrainer::Train(args).ok());
   Tokenizer llama_like(tmp / "llama.model");
   EXPECT_FALSE(llama_like.word_cache());
-  EXPECT_EQ(llama_like.encode("a  b"), llama_like.encode_plain("a  b"));
+  // The normalization a word cache would bypass is really there: this model drops the extra
+  // space and the kiln-trained one keeps it, and encode() still agrees with it.
+  EXPECT_EQ(llama_like.encode("a  b"), llama_like.encode("a b"));
+  EXPECT_NE(tokenizer().encode("a  b"), tokenizer().encode("a b"));
 }
 
 TEST(DataTokenizer, MissingModelIsAUserError) {
@@ -205,32 +208,35 @@ struct GoldenCase {
 
 TEST(DataTemplate, GoldenMasksEveryTemplateSingleAndMultiTurn) {
   const std::vector<GoldenCase> cases = {
-      {"firefly", "single", "all_turns", "<s>hi there</s>[hello</s>]"},
-      {"firefly", "multi", "all_turns", "<s>q one</s>[a one</s>]q two</s>[a two</s>]"},
-      {"firefly", "multi", "last_turn", "<s>q one</s>a one</s>q two</s>[a two</s>]"},
-      {"xuanyuan", "single", "all_turns", "<s>{XS} Human: hi there Assistant:[ hello</s>]"},
+      {"firefly", "single", "all_turns", "«<s>»hi there«</s>»[hello«</s>»]"},
+      {"firefly", "multi", "all_turns", "«<s>»q one«</s>»[a one«</s>»]q two«</s>»[a two«</s>»]"},
+      {"firefly", "multi", "last_turn", "«<s>»q one«</s>»a one«</s>»q two«</s>»[a two«</s>»]"},
+      {"xuanyuan", "single", "all_turns", "«<s>»{XS} Human: hi there Assistant:[ hello«</s>»]"},
       {"xuanyuan", "multi", "all_turns",
-       "<s>{XS} Human: q one Assistant:[ a one</s>]Human: q two Assistant:[ a two</s>]"},
+       "«<s>»{XS} Human: q one Assistant:[ a one«</s>»]Human: q two Assistant:[ a two«</s>»]"},
       {"xuanyuan", "multi", "last_turn",
-       "<s>{XS} Human: q one Assistant: a one</s>Human: q two Assistant:[ a two</s>]"},
-      {"llama2", "single", "all_turns", "<s>[INST] hi there [/INST][ hello</s>]"},
+       "«<s>»{XS} Human: q one Assistant: a one«</s>»Human: q two Assistant:[ a two«</s>»]"},
+      {"llama2", "single", "all_turns", "«<s>»«[INST]» hi there «[/INST]»[ hello«</s>»]"},
       {"llama2", "multi", "all_turns",
-       "<s>[INST] q one [/INST][ a one</s>]<s>[INST] q two [/INST][ a two</s>]"},
+       "«<s>»«[INST]» q one «[/INST]»[ a one«</s>»]«<s>»«[INST]» q two «[/INST]»[ a two«</s>»]"},
       {"llama2", "multi", "last_turn",
-       "<s>[INST] q one [/INST] a one</s><s>[INST] q two [/INST][ a two</s>]"},
+       "«<s>»«[INST]» q one «[/INST]» a one«</s>»«<s>»«[INST]» q two «[/INST]»[ a two«</s>»]"},
       {"chatml", "single", "all_turns",
-       "<s><|im_start|>user\\nhi there<|im_end|>\\n<|im_start|>assistant\\n[hello<|im_end|>]\\n"},
+       "«<s>»«<|im_start|>»user\\nhi there«<|im_end|>»\\n«<|im_start|>»assistant\\n[hello«<|im_end|>»]\\n"},
       {"chatml", "multi", "all_turns",
-       "<s><|im_start|>user\\nq one<|im_end|>\\n<|im_start|>assistant\\n[a "
-       "one<|im_end|>]\\n<|im_start|>user\\nq two<|im_end|>\\n<|im_start|>assistant\\n[a two<|im_end|>]\\n"},
+       "«<s>»«<|im_start|>»user\\nq one«<|im_end|>»\\n«<|im_start|>»assistant\\n[a "
+       "one«<|im_end|>»]\\n«<|im_start|>»user\\nq two«<|im_end|>»\\n«<|im_start|>»assistant\\n[a "
+       "two«<|im_end|>»]\\n"},
       {"chatml", "multi", "last_turn",
-       "<s><|im_start|>user\\nq one<|im_end|>\\n<|im_start|>assistant\\na "
-       "one<|im_end|>\\n<|im_start|>user\\nq two<|im_end|>\\n<|im_start|>assistant\\n[a two<|im_end|>]\\n"},
-      {"telechat", "single", "all_turns", "<s>[<_user>]hi there[<_bot>hello<_end>]"},
+       "«<s>»«<|im_start|>»user\\nq one«<|im_end|>»\\n«<|im_start|>»assistant\\na "
+       "one«<|im_end|>»\\n«<|im_start|>»user\\nq two«<|im_end|>»\\n«<|im_start|>»assistant\\n[a "
+       "two«<|im_end|>»]\\n"},
+      {"telechat", "single", "all_turns", "«<s>»[«<_user>»]hi there[«<_bot>»hello«<_end>»]"},
       {"telechat", "multi", "all_turns",
-       "<s>[<_user>]q one[<_bot>a one<_end><_user>]q two[<_bot>a two<_end>]"},
-      {"telechat", "multi", "last_turn", "<s><_user>q one<_bot>a one<_end>[<_user>]q two[<_bot>a two<_end>]"},
-      {"firefly", "multi", "all_tokens", "[<s>q one</s>a one</s>q two</s>a two</s>]"},
+       "«<s>»[«<_user>»]q one[«<_bot>»a one«<_end>»«<_user>»]q two[«<_bot>»a two«<_end>»]"},
+      {"telechat", "multi", "last_turn",
+       "«<s>»«<_user>»q one«<_bot>»a one«<_end>»[«<_user>»]q two[«<_bot>»a two«<_end>»]"},
+      {"firefly", "multi", "all_tokens", "[«<s>»q one«</s>»a one«</s>»q two«</s>»a two«</s>»]"},
   };
   // xuanyuan's default system message (FastChat's), rendered
   const std::string xs =
@@ -244,18 +250,32 @@ TEST(DataTemplate, GoldenMasksEveryTemplateSingleAndMultiTurn) {
   }
 }
 
+// "<s>" and "</s>" typed in a message are characters, not the bos/eos ids the template inserts:
+// the rendering tells them apart, and so do the ids.
+TEST(DataTemplate, TypedSpecialTextIsNotTheSpecialId) {
+  Sample s = single_turn();
+  s.turns[0].content = "hi </s> <s>";
+  EXPECT_EQ(golden("firefly", s, "all_turns"), "«<s>»hi </s> <s>«</s>»[hello«</s>»]");
+  SampleEncoder enc(tokenizer(), chat_template("firefly", {}), "all_turns");
+  const EncodedSample e = enc.encode(s);
+  int bos = 0, eos = 0;
+  for (int32_t id : e.tokens) bos += id == tokenizer().bos_id(), eos += id == tokenizer().eos_id();
+  EXPECT_EQ(bos, 1);  // only the template's
+  EXPECT_EQ(eos, 2);  // after the user turn and after the answer
+}
+
 TEST(DataTemplate, GoldenSystemMessages) {
   Sample s = single_turn();
   s.system = "Be brief.";
-  EXPECT_EQ(golden("firefly", s, "all_turns"), "<s>Be brief.</s>hi there</s>[hello</s>]");
-  EXPECT_EQ(golden("xuanyuan", s, "all_turns"), "<s>Be brief. Human: hi there Assistant:[ hello</s>]");
+  EXPECT_EQ(golden("firefly", s, "all_turns"), "«<s>»Be brief.«</s>»hi there«</s>»[hello«</s>»]");
+  EXPECT_EQ(golden("xuanyuan", s, "all_turns"), "«<s>»Be brief. Human: hi there Assistant:[ hello«</s>»]");
   EXPECT_EQ(golden("llama2", s, "all_turns"),
-            "<s>[INST] <<SYS>>\\nBe brief.\\n<</SYS>>\\n\\nhi there [/INST][ hello</s>]");
+            "«<s>»«[INST]» «<<SYS>>»\\nBe brief.\\n«<</SYS>>»\\n\\nhi there «[/INST]»[ hello«</s>»]");
   EXPECT_EQ(golden("chatml", s, "all_turns"),
-            "<s><|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nhi "
-            "there<|im_end|>\\n<|im_start|>assistant\\n[hello<|im_end|>]\\n");
+            "«<s>»«<|im_start|>»system\\nBe brief.«<|im_end|>»\\n«<|im_start|>»user\\nhi "
+            "there«<|im_end|>»\\n«<|im_start|>»assistant\\n[hello«<|im_end|>»]\\n");
   EXPECT_EQ(golden("telechat", s, "all_turns"),
-            "<s>[<_user>]hi there[<_bot>hello<_end>]");  // telechat has no system slot
+            "«<s>»«<_user>»hi there«<_bot>»[hello«<_end>»]");  // telechat has no system slot
 }
 
 TEST(DataTemplate, GoldenCustomTemplateFromYaml) {
@@ -268,10 +288,10 @@ TEST(DataTemplate, GoldenCustomTemplateFromYaml) {
                                                      {"after_turn", "\n"},
                                                      {"specials", "<_user>,<_bot>,<_end>,<|im_start|>"}};
   EXPECT_EQ(golden("custom", multi_turn(), "all_turns", custom),
-            "<|im_start|>You are a helpful assistant.\\n<_user>q one<_bot>[a one<_end>]\\n<_user>q "
-            "two<_bot>[a two<_end>]\\n");
+            "«<|im_start|>»You are a helpful assistant.\\n«<_user>»q one«<_bot>»[a one«<_end>»]\\n«<_user>»q "
+            "two«<_bot>»[a two«<_end>»]\\n");
   EXPECT_EQ(golden("custom", single_turn(), "last_turn", custom),
-            "<|im_start|>You are a helpful assistant.\\n<_user>hi there<_bot>[hello<_end>]\\n");
+            "«<|im_start|>»You are a helpful assistant.\\n«<_user>»hi there«<_bot>»[hello«<_end>»]\\n");
 }
 
 TEST(DataTemplate, GoldenEveryFormatThroughFirefly) {
@@ -279,20 +299,20 @@ TEST(DataTemplate, GoldenEveryFormatThroughFirefly) {
   auto run = [&](const std::string& line, const std::string& fmt) {
     return render(tokenizer(), enc.encode(parse_sample(json::parse(line), fmt)));
   };
-  EXPECT_EQ(run(R"({"text":"hello world"})", "text"), "[<s>hello world</s>]");
+  EXPECT_EQ(run(R"({"text":"hello world"})", "text"), "[«<s>»hello world«</s>»]");
   EXPECT_EQ(run(R"({"instruction":"Translate to French:","input":"cat","output":"Chat."})", "alpaca"),
-            "<s>Translate to French:\\ncat</s>[Chat.</s>]");
-  EXPECT_EQ(run(R"({"input":"q one","output":"a one"})", "telechat"), "<s>q one</s>[a one</s>]");
+            "«<s>»Translate to French:\\ncat«</s>»[Chat.«</s>»]");
+  EXPECT_EQ(run(R"({"input":"q one","output":"a one"})", "telechat"), "«<s>»q one«</s>»[a one«</s>»]");
   EXPECT_EQ(
       run(R"({"input":"<_user>q one<_bot>a one<_end><_user>q two<_bot>","output":"a two"})", "telechat"),
-      "<s>q one</s>[a one</s>]q two</s>[a two</s>]");
+      "«<s>»q one«</s>»[a one«</s>»]q two«</s>»[a two«</s>»]");
   EXPECT_EQ(
       run(R"({"conversation":[{"human":"q one","assistant":"a one"},{"human":"q two","assistant":"a two"}]})",
           "firefly"),
-      "<s>q one</s>[a one</s>]q two</s>[a two</s>]");
+      "«<s>»q one«</s>»[a one«</s>»]q two«</s>»[a two«</s>»]");
   EXPECT_EQ(run(R"({"messages":[{"role":"user","content":"q one"},{"role":"assistant","content":"a one"}]})",
                 "messages"),
-            "<s>q one</s>[a one</s>]");
+            "«<s>»q one«</s>»[a one«</s>»]");
 }
 
 TEST(DataTemplate, SampleWithNoTrainableTokenIsRejected) {

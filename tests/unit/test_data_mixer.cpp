@@ -2,6 +2,9 @@
 // global row order.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <numeric>
+
 #include <cmath>
 #include <map>
 
@@ -91,9 +94,19 @@ TEST(DataMixer, ProportionalTracksTokenShareWithUnequalLengths) {
 
 TEST(DataMixer, ProportionalVisitsEverySampleOncePerPass) {
   Mixer m("proportional", equal_lengths({13}, 4), 9);
-  std::vector<int> count(13, 0);
-  for (int i = 0; i < 13 * 3; ++i) ++count[m.next({1.0}).doc];
-  EXPECT_EQ(count, std::vector<int>(13, 3));
+  // Each pass of 13 draws is one permutation of the 13 samples (not only 3 of each over 39),
+  // and the passes are shuffled apart.
+  std::vector<std::vector<int64_t>> passes(3);
+  for (auto& pass : passes) {
+    for (int i = 0; i < 13; ++i) pass.push_back(m.next({1.0}).doc);
+    std::vector<int64_t> sorted = pass;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<int64_t> all(13);
+    std::iota(all.begin(), all.end(), 0);
+    EXPECT_EQ(sorted, all);
+  }
+  EXPECT_NE(passes[0], passes[1]);
+  EXPECT_NE(passes[1], passes[2]);
 }
 
 TEST(DataMixer, ScheduleInterpolatesLinearly) {

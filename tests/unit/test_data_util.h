@@ -4,6 +4,8 @@
 #pragma once
 #include <unistd.h>
 
+#include <cstdlib>
+
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -21,12 +23,18 @@ inline std::string fixture(const std::string& name) {
   return std::string(KILN_SOURCE_DIR) + "/tests/fixtures/data/" + name;
 }
 
-// A fresh directory under /tmp, removed with the object.
+// Where tests make their temporary directories: $TMPDIR, else /tmp.
+inline std::string temp_root() {
+  const char* t = std::getenv("TMPDIR");
+  return t != nullptr && *t != '\0' ? t : "/tmp";
+}
+
+// A fresh directory under temp_root(), removed with the object.
 class TempDir {
  public:
   TempDir() {
     static int counter = 0;
-    path_ = std::filesystem::path("/tmp") /
+    path_ = std::filesystem::path(temp_root()) /
             ("kiln-data-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
     remove_tree(path_.string());
     std::filesystem::create_directories(path_);
@@ -75,8 +83,18 @@ inline const Tokenizer& tokenizer() {
   return tok;
 }
 
+// True for the ids a chat template inserts by id: bos, eos, pad, unk and the chat special pieces.
+inline bool special_id(const Tokenizer& tok, int32_t id) {
+  if (id == tok.bos_id() || id == tok.eos_id() || id == tok.pad_id() || id == 0) return true;
+  const std::string p = tok.piece(id);
+  for (const auto& s : chat_special_pieces())
+    if (p == s) return true;
+  return false;
+}
+
 // Pieces as text ("▁" -> " ", byte pieces -> their byte, "\n" shown as "\\n"), with every
-// run of trained tokens in [ ].
+// run of trained tokens in [ ] and every special id in « » ("«</s>»" is the eos id, "</s>" the
+// same characters typed in a message), so goldens see what was inserted by id.
 inline std::string render(const Tokenizer& tok, const EncodedSample& e) {
   std::string out;
   bool open = false;
@@ -85,6 +103,10 @@ inline std::string render(const Tokenizer& tok, const EncodedSample& e) {
     if (!e.mask[i] && open) out += "]";
     open = e.mask[i];
     std::string p = tok.piece(e.tokens[i]);
+    if (special_id(tok, e.tokens[i])) {
+      out += "\xc2\xab" + p + "\xc2\xbb";  // « »
+      continue;
+    }
     if (p.size() == 6 && p.rfind("<0x", 0) == 0)
       p = std::string(1, static_cast<char>(std::stoi(p.substr(3, 2), nullptr, 16)));
     for (size_t k = 0; (k = p.find("\xe2\x96\x81", k)) != std::string::npos;) p.replace(k, 3, " ");

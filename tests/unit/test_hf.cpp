@@ -16,6 +16,7 @@
 #include "models/hf.h"
 #include "models/llama.h"
 #include "models/safetensors.h"
+#include "test_data_util.h"
 #include "trainer/error.h"
 
 namespace kiln {
@@ -67,8 +68,8 @@ std::shared_ptr<torch::nn::Module> module_with(
 class Hf : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/kiln_hf_XXXXXX";
-    dir_ = mkdtemp(tmpl);
+    std::string tmpl = test::temp_root() + "/kiln_hf_XXXXXX";
+    dir_ = mkdtemp(tmpl.data());
   }
   // Not fs::remove_all: libtorch.so exports a broken copy of it.
   void TearDown() override { std::system(("rm -rf '" + dir_ + "'").c_str()); }

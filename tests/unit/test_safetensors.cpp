@@ -12,14 +12,15 @@
 #include <string>
 
 #include "models/safetensors.h"
+#include "test_data_util.h"
 #include "trainer/error.h"
 
 namespace kiln {
 namespace {
 
 std::string make_temp_dir() {
-  char tmpl[] = "/tmp/kiln_safetensors_XXXXXX";
-  const char* dir = mkdtemp(tmpl);
+  std::string tmpl = test::temp_root() + "/kiln_safetensors_XXXXXX";
+  const char* dir = mkdtemp(tmpl.data());
   EXPECT_NE(dir, nullptr);
   return dir;
 }

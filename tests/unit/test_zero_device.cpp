@@ -34,9 +34,9 @@ ZeroRunResult run_placed(Communicator& dp, const ZeroRunSpec& spec, const c10::D
   opt.to(state_device);
   EXPECT_EQ(opt.state_device(), state_device);
   ZeroRunResult result;
-  const double global_tokens = static_cast<double>(spec.global_batch * spec.seq_len);
   for (int step = 0; step < spec.steps; ++step) {
     opt.zero_grad();
+    const double global_tokens = test::global_loss_tokens(step, spec);
     double loss_part = 0;
     for (int64_t m = 0; m < spec.global_batch; m += spec.micro_batch) {
       Batch b = on(test::rows_of_step(step, m, spec.micro_batch, spec, cfg.vocab_size), model_device);
@@ -90,7 +90,8 @@ TEST(ZeroDeviceCuda, StateOnTheGpuTrainsLikeTheCpu) {
     auto cpu_dp = make_world_communicator("auto", /*cuda=*/false, 5.0);
     const ZeroRunResult want = test::run_zero(*cpu_dp, spec);
     const ZeroRunResult got = run_placed(*dp, spec, gpu, gpu);
-    expect_same_training(got, want, 1e-3, stage);  // fp32 on both; GPU reduction order differs
+    // fp32 on both: only the reduction order differs (uneven masks, Adam eps 1e-6: see zero_run.h)
+    expect_same_training(got, want, 1e-5, stage);
   }
 }
 
