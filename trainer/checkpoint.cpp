@@ -18,6 +18,7 @@
 #include "trainer/error.h"
 #include "trainer/file_io.h"
 #include "trainer/log.h"
+#include "trainer/run_dir.h"
 
 namespace fs = std::filesystem;
 
@@ -98,15 +99,7 @@ void save_checkpoint(const std::string& run_dir, Communicator& world, const Chec
     fs::rename(tmp, final_dir);
     fsync_dir(root.string());
     write_file_atomic((root / "latest").string(), name + "\n");
-    // Keep the newest keep_last complete checkpoints.
-    std::vector<fs::path> done;
-    for (const auto& e : fs::directory_iterator(root)) {
-      const std::string n = e.path().filename().string();
-      if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos)
-        done.push_back(e.path());
-    }
-    std::sort(done.begin(), done.end());
-    for (size_t i = 0; i + keep_last < done.size(); ++i) remove_tree(done[i].string());
+    prune_checkpoints(root.string(), keep_last);  // the highest keep_last steps by number (run_dir.h)
     log0("checkpoint: saved ", final_dir.string());
   }
   world.barrier();

@@ -10,6 +10,7 @@
 #include "trainer/config.h"
 #include "trainer/error.h"
 #include "trainer/log.h"
+#include "trainer/run_dir.h"
 #include "trainer/trainer.h"
 
 namespace kiln {
@@ -37,12 +38,14 @@ std::string human_bytes(double b) {
 
 int cmd_train(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"exit-after"}, {});
-  Config cfg = config_from(a,
-                           "usage: kiln train CONFIG [--set key.path=value ...] [--exit-after N]\n"
-                           "  Trains as the config says: one process, or every rank of an mpirun job.\n"
-                           "  Resumes from the latest checkpoint in train.run_dir (train.resume: auto).\n"
-                           "  --exit-after N   stop cleanly with a checkpoint after N steps of this run\n"
-                           "  SIGTERM / Ctrl-C save a checkpoint at the end of the current step and exit.\n");
+  Config cfg = config_from(
+      a,
+      "usage: kiln train CONFIG [--set key.path=value ...] [--exit-after N]\n"
+      "  Trains as the config says: one process, or every rank of an mpirun job.\n"
+      "  Resumes from the latest checkpoint in train.run_dir (train.resume: auto).\n"
+      "  --exit-after N   stop cleanly with a checkpoint after N steps of this run\n"
+      "  SIGTERM / SIGUSR2 / Ctrl-C save a checkpoint at the end of the current step and exit 0;\n"
+      "  SIGUSR1 saves one and training goes on.\n");
   launch_info();
   log0("resolved config:\n", to_yaml(cfg));
   TrainOptions opts;
@@ -137,7 +140,7 @@ int cmd_export(int argc, char** argv) {
   const std::string format = a.get("format", "hf");
   if (format != "hf") user_error("--format ", format, ": valid: hf (peft arrives with LoRA)");
   std::string dir = a.positional[0];
-  std::string latest = latest_checkpoint(dir);  // a run dir: its latest checkpoint
+  std::string latest = auto_resume_checkpoint(dir);  // a run dir: its latest checkpoint
   if (!latest.empty()) dir = latest;
   Config cfg = load_config(dir + "/config.yaml");
   save_hf(read_checkpoint_weights(dir), cfg.model, a.get("out"));

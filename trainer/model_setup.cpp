@@ -9,6 +9,7 @@
 #include "models/hf.h"
 #include "trainer/checkpoint.h"
 #include "trainer/error.h"
+#include "trainer/run_dir.h"
 
 namespace fs = std::filesystem;
 
@@ -52,7 +53,7 @@ Llama build_model(const Config& cfg, bool prefer_run_dir, std::string* from) {
   at::manual_seed(static_cast<uint64_t>(cfg.train.seed));
   Llama model(cfg.model);
   std::string source = "random init (seed " + std::to_string(cfg.train.seed) + ")";
-  std::string ckpt = prefer_run_dir ? latest_checkpoint(cfg.train.run_dir) : "";
+  std::string ckpt = prefer_run_dir ? auto_resume_checkpoint(cfg.train.run_dir) : "";
   const std::string& init = cfg.model.init_from;
   if (!ckpt.empty()) {
     load_named_weights(*model, read_checkpoint_weights(ckpt), ckpt);
@@ -63,7 +64,7 @@ Llama build_model(const Config& cfg, bool prefer_run_dir, std::string* from) {
   } else if (init.rfind("ckpt:", 0) == 0) {
     std::string dir = init.substr(5);
     if (fs::exists(fs::path(dir) / "checkpoints")) {
-      std::string latest = latest_checkpoint(dir);
+      std::string latest = auto_resume_checkpoint(dir);
       if (latest.empty()) user_error("model.init_from: ", dir, " has no checkpoint yet");
       dir = latest;
     }

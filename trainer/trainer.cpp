@@ -31,14 +31,14 @@
 #include "trainer/log.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/model_setup.h"
+#include "trainer/run_dir.h"
+#include "trainer/state_check.h"
+#include "trainer/stop_signals.h"
 
 namespace fs = std::filesystem;
 
 namespace kiln {
 namespace {
-
-std::atomic<int> g_stop_signal{0};
-void on_stop_signal(int sig) { g_stop_signal = sig; }
 
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
@@ -132,8 +132,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
 
   const fs::path run_dir = cfg.train.run_dir;
   const std::string config_yaml = to_yaml(cfg);
+  // Lock, environment checks and the resume point, decided on rank 0 for every rank (run_dir.h).
+  const RunDir run_dir_guard = open_run_dir(cfg, world, setup.device);
+  const std::string resume_dir = run_dir_guard.resume_dir;
   if (rank0) {
-    fs::create_directories(run_dir);
     write_file_atomic((run_dir / "config.yaml").string(), config_yaml);
     log0("kiln train: ", cfg.source, " -> ", run_dir.string());
     log0("processes: ", where);
@@ -141,17 +143,6 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
          dp_size, ", ZeRO-", cfg.parallel.zero, ", ", accum, " micro-batches of ", cfg.train.micro_batch_size,
          " per rank per step, global batch ", global_batch, " x ", cfg.data.seq_len, " tokens, ",
          setup.device.is_cuda() ? "cuda" : "cpu", " ", c10::toString(setup.dtype));
-  }
-
-  // Resume point: a checkpoint of this run, or an explicit directory.
-  std::string resume_dir;
-  if (cfg.train.resume == "auto")
-    resume_dir = latest_checkpoint(cfg.train.run_dir);
-  else if (cfg.train.resume != "never") {
-    resume_dir = cfg.train.resume;
-    if (!fs::exists(fs::path(resume_dir) / "state.json"))
-      user_error("train.resume: ", resume_dir,
-                 " is not a checkpoint directory (no state.json); valid: auto | never | DIR");
   }
 
   std::string weights_from;
@@ -166,7 +157,9 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
   int64_t tokens_seen = 0;
   if (!resume_dir.empty()) {
     CheckpointState st = read_checkpoint_state(resume_dir);
-    optimizer.load_state(read_checkpoint_slices(resume_dir), st.step);
+    const std::vector<TensorSlice> resume_slices = read_checkpoint_slices(resume_dir);
+    require_finite_checkpoint(resume_dir, resume_slices);
+    optimizer.load_state(resume_slices, st.step);
     loader.restore(st.data.get<LoaderState>());
     start_step = st.step;
     tokens_seen = st.extra.value("tokens_seen", int64_t(0));
@@ -192,15 +185,14 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     truncate_metrics(metrics_path, start_step);
     metrics.open(metrics_path, std::ios::app);
   }
-  g_stop_signal = 0;
-  auto old_term = std::signal(SIGTERM, on_stop_signal);
-  auto old_int = std::signal(SIGINT, on_stop_signal);
+  StopSignals signals;  // SIGUSR1: save and go on; SIGTERM/SIGINT/SIGUSR2: save and exit 0
 
   TrainResult result;
   result.first_step = start_step;
   const std::vector<std::string> sources = loader.source_names();
   const bool per_sample = cfg.data.loss_average == "sample";
   int64_t skipped_in_row = 0;
+  int64_t skipped_this_run = 0;
   auto run_start = std::chrono::steady_clock::now();
   int64_t steps_this_run = 0;
 
@@ -209,8 +201,11 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     st.step = step;
     st.data = loader.state();
     st.extra = {{"tokens_seen", tokens_seen}, {"dp", dp_size}, {"zero", cfg.parallel.zero}};
-    save_checkpoint(cfg.train.run_dir, world, st, optimizer.gather_parameters(), optimizer.state_slices(),
-                    config_yaml, cfg.checkpoint.keep_last);
+    const auto weights = optimizer.gather_parameters();
+    const auto slices = optimizer.state_slices();
+    require_finite_state(world, setup.device, slices, weights,
+                         str("not saving the checkpoint of step ", step));
+    save_checkpoint(cfg.train.run_dir, world, st, weights, slices, config_yaml, cfg.checkpoint.keep_last);
   };
 
   for (int64_t step = start_step; step < cfg.train.steps; ++step) {
@@ -244,6 +239,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
       loss.backward();
       loss_t += loss.detach().to(at::kDouble);
     }
+    test_step_delay();  // KILN_TEST_STEP_SLEEP_S, tests only
     optimizer.reduce_gradients();
     const double norm = optimizer.grad_norm();
     dp.all_reduce(loss_t);
@@ -252,6 +248,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     if (!std::isfinite(norm)) {
       // fp16 overflow or a bad batch: skip the update, stop after too many in a row.
       ++skipped_in_row;
+      ++skipped_this_run;
       optimizer.zero_grad();
       log0("step ", step + 1, ": non-finite gradient norm, update skipped (", skipped_in_row, " in a row)");
       if (skipped_in_row > cfg.train.max_skipped_steps)
@@ -316,19 +313,21 @@ TrainResult train(const Config& cfg, const TrainOptions& opts) {
     }
     const bool last = step + 1 == cfg.train.steps;
     const bool exit_now = opts.exit_after > 0 && steps_this_run >= opts.exit_after;
-    at::Tensor stop = at::full({1}, static_cast<double>(g_stop_signal.load()), at::kDouble);
-    all_reduce_host(world, stop, setup.device, ReduceOp::Max);  // every rank stops at the same step
-    const bool signalled = stop.item<double>() > 0;
-    if (last || exit_now || signalled || (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0))
+    const StopSignals::Request sig = signals.poll(world, setup.device);  // every rank: the same step
+    const bool signalled = sig.stop;
+    if (last || exit_now || signalled)
+      require_some_step_trained(steps_this_run, skipped_this_run, resume_dir);
+    if (last || exit_now || sig.save || (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0))
       save(step + 1);
+    if (sig.save && !sig.stop)
+      log0("checkpoint on signal ", sig.signal, " (SIGUSR1) after step ", step + 1, "; training goes on");
     if (signalled) {
-      log0("stopping on signal after step ", step + 1, " (checkpoint saved; `kiln train` resumes)");
+      log0("stopping on signal ", sig.signal, " after step ", step + 1,
+           " (checkpoint saved; `kiln train` resumes)");
       break;
     }
     if (exit_now && !last) break;
   }
-  std::signal(SIGTERM, old_term);
-  std::signal(SIGINT, old_int);
   return result;
 }
 
