@@ -27,7 +27,7 @@ mpmd=(mpirun --oversubscribe
   -np 1 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/mpmd" --set train.eval_every=2
   --set data.eval="$WORK/missing.jsonl" :
   -np 1 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/mpmd" --set train.eval_every=2)
-expect_fast_exit2 "rank-0-only error mid-run" "missing.jsonl" "$WORK/mpmd.log" "${mpmd[@]}"
+expect_fast_exit2 "rank-0-only error mid-run" "kiln train: error: data.mixture: $WORK/missing.jsonl: file not found" "$WORK/mpmd.log" "${mpmd[@]}"
 grep -q "^step 2/" "$WORK/mpmd.log" || die "the error was not mid-run"
 
 # kiln-launch sees the job's exit 2 as bad input and does not retry it.
