@@ -224,6 +224,22 @@ TEST(StateCheck, NaNCheckpointIsRefusedAndNothingSaved) {
   EXPECT_EQ(first_non_finite({}, {{"w", at::tensor({1.0f, 2.0f})}}), "");
 }
 
+TEST(StateCheck, NoCheckpointFromNonFiniteState) {
+  auto world = make_world_communicator("auto", /*cuda=*/false, /*timeout_s=*/10);
+  const c10::Device cpu(c10::kCPU);
+  TensorSlice ok{"master/w", {2}, 0, 2, at::tensor({1.0f, 2.0f})};
+  TensorSlice bad{"exp_avg_sq/w", {2}, 0, 2, at::tensor({1.0f, INFINITY})};
+  EXPECT_NO_THROW(require_finite_state(*world, cpu, {ok}, {{"w", at::tensor({1.0f})}}, "saving"));
+  EXPECT_HAS(error_of([&] {
+               require_finite_state(*world, cpu, {ok, bad}, {}, "not saving the checkpoint of step 7");
+             }),
+             "not saving the checkpoint of step 7: 'exp_avg_sq/w' holds NaN or infinite values");
+  EXPECT_HAS(error_of([&] {
+               require_finite_state(*world, cpu, {ok}, {{"w", at::tensor({NAN})}}, "x");
+             }),
+             "x: 'w' holds NaN or infinite values");
+}
+
 TEST(StateCheck, ARunWhoseEveryStepIsSkippedFails) {
   TempDir dir;
   Config cfg = tiny(dir, "run");
