@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -94,12 +93,10 @@ RunDirLock::RunDirLock(const std::string& run_dir) {
 }
 
 RunDirLock::~RunDirLock() {
-  if (fd_ >= 0) {
-    // The holder line goes, so a stale file never names a finished run; the lock goes with close.
-    if (::ftruncate(fd_, 0) != 0) {
-    }
-    ::close(fd_);
-  }
+  if (fd_ < 0) return;
+  // The holder line goes, so a stale file never names a finished run; the lock goes with close.
+  [[maybe_unused]] const int rc = ::ftruncate(fd_, 0);
+  ::close(fd_);
 }
 
 int64_t checkpoint_step_of(const std::string& name) {
