@@ -28,7 +28,7 @@ no_ranks_left() {  # run_dir: no kiln process of this run is still running
 }
 
 # SIGUSR1: save and go on.
-export KILN_TEST_STEP_SLEEP_S=1
+export KILN_TEST_STEP_SLEEP_S=0.5
 mpirun --oversubscribe -np 2 -x KILN_TEST_STEP_SLEEP_S "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/usr1" \
   --set checkpoint.keep_last=10 >"$WORK/usr1.log" 2>&1 &
 pid=$!
@@ -43,9 +43,9 @@ losses "$WORK/usr1" >"$WORK/usr1.loss"
 diff "$WORK/whole.loss" "$WORK/usr1.loss" || die "SIGUSR1 changed the losses"
 echo "ok: SIGUSR1 at step $step: checkpoint $ckpt, training went on, same losses"
 
-# SIGTERM to mpirun, steps of 2 s, kill grace 6 s.
+# SIGTERM to mpirun, steps of 2 s (twice the default kill grace), kill grace 5 s (above a step plus a save).
 export KILN_TEST_STEP_SLEEP_S=2
-mpirun --oversubscribe --mca odls_base_sigkill_timeout 6 -np 2 -x KILN_TEST_STEP_SLEEP_S "$KILN" train \
+mpirun --oversubscribe --mca odls_base_sigkill_timeout 5 -np 2 -x KILN_TEST_STEP_SLEEP_S "$KILN" train \
   "$WORK/tiny.yaml" --set train.run_dir="$WORK/term" >"$WORK/term.log" 2>&1 &
 pid=$!
 wait_rows "$WORK/term" 1 $pid || die "term run ended early"
@@ -64,7 +64,7 @@ diff "$WORK/whole.loss" "$WORK/term.loss" || die "losses after SIGTERM + resume 
 echo "ok: SIGTERM to mpirun: saved $(basename "$latest"), exact resume"
 
 # SIGTERM to kiln-launch.
-export KILN_TEST_STEP_SLEEP_S=1
+export KILN_TEST_STEP_SLEEP_S=0.5
 KILN_LAUNCH_MPI_ARGS="--oversubscribe -x KILN_TEST_STEP_SLEEP_S" "$ROOT/launch/kiln-launch" -np 2 --restarts 3 --wait 0 \
   --log-dir "$WORK/launch-logs" "$WORK/tiny.yaml" --set train.run_dir="$WORK/launch" >"$WORK/launch.log" 2>&1 &
 pid=$!
