@@ -11,6 +11,8 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,6 +60,21 @@ struct LaunchInfo {
   std::string host;
   bool under_mpi = false;  // started by mpirun (OMPI_/PMI_ environment) rather than directly
 };
+
+// How the environment says this process was launched: mpirun (OMPI_COMM_WORLD_*), srun
+// (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID) or another PMI launcher; launcher "" when
+// none (one process). Fields unknown from the environment are -1. `get` reads a variable.
+struct LaunchEnv {
+  std::string launcher;
+  int rank = -1, size = -1, local_rank = -1, local_size = -1;
+};
+LaunchEnv launch_env(const std::function<const char*(const char*)>& get = [](const char* v) {
+  return std::getenv(v);
+});
+
+// One rank of several ending the whole job now with exit status `code` (MPI_Abort), so the other
+// ranks never wait out a collective timeout on it; returns when this is not a multi-rank job.
+void abort_job(int code);
 
 // Initialises MPI when started under mpirun (RAII: finalised at exit), fills LaunchInfo, and
 // sets the log rank. Safe to call more than once.

@@ -21,6 +21,7 @@
 #include "trainer/error.h"
 #include "trainer/file_io.h"
 #include "trainer/log.h"
+#include "trainer/run_dir.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -314,10 +315,7 @@ void save_checkpoint(const std::string& run_dir, Communicator& world, const Chec
     fs::rename(tmp, final_dir);
     fsync_dir(root.string());
     write_file_atomic((root / "latest").string(), name + "\n");
-    // Keep the keep_last highest steps (by number, not by name), never the one just written.
-    const std::vector<fs::path> done = step_dirs(root);
-    for (size_t i = static_cast<size_t>(std::max<int64_t>(keep_last, 1)); i < done.size(); ++i)
-      if (done[i] != final_dir) remove_tree(done[i].string());
+    prune_checkpoints(root.string(), keep_last);  // the highest keep_last steps by number (run_dir.h)
     log0("checkpoint: saved ", final_dir.string());
   }
   world.barrier();

@@ -18,6 +18,7 @@
 #include "trainer/config.h"
 #include "trainer/error.h"
 #include "trainer/log.h"
+#include "trainer/run_dir.h"
 #include "trainer/trainer.h"
 
 namespace kiln {
@@ -55,12 +56,14 @@ std::string human_count(double n) {
 
 int cmd_train(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"exit-after"}, {});
-  Config cfg = config_from(a,
-                           "usage: kiln train CONFIG [--set key.path=value ...] [--exit-after N]\n"
-                           "  Trains as the config says: one process, or every rank of an mpirun job.\n"
-                           "  Resumes from the latest checkpoint in train.run_dir (train.resume: auto).\n"
-                           "  --exit-after N   stop cleanly with a checkpoint after N steps of this run\n"
-                           "  SIGTERM / Ctrl-C save a checkpoint at the end of the current step and exit.\n");
+  Config cfg = config_from(
+      a,
+      "usage: kiln train CONFIG [--set key.path=value ...] [--exit-after N]\n"
+      "  Trains as the config says: one process, or every rank of an mpirun job.\n"
+      "  Resumes from the latest checkpoint in train.run_dir (train.resume: auto).\n"
+      "  --exit-after N   stop cleanly with a checkpoint after N steps of this run\n"
+      "  SIGTERM / SIGUSR2 / Ctrl-C save a checkpoint at the end of the current step and exit 0;\n"
+      "  SIGUSR1 saves one and training goes on.\n");
   launch_info();
   log0("resolved config:\n", to_yaml(cfg));
   TrainOptions opts;

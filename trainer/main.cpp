@@ -6,6 +6,7 @@
 
 #include <c10/util/Exception.h>
 
+#include "parallel/communicator.h"
 #include "trainer/cli.h"
 #include "trainer/error.h"
 #include "trainer/log.h"
@@ -48,14 +49,17 @@ int main(int argc, char** argv) {
       return v.run(argc, argv);
     } catch (const kiln::UserError& e) {
       std::fprintf(stderr, "%skiln %s: error: %s\n", kiln::rank_prefix().c_str(), v.name, e.what());
+      kiln::abort_job(2);  // under mpirun: the whole job ends now, with this status
       return 2;
     } catch (const c10::Error& e) {
       // A LibTorch check: its message without the C++ backtrace.
       std::fprintf(stderr, "%skiln %s: internal error: %s\n", kiln::rank_prefix().c_str(), v.name,
                    e.what_without_backtrace());
+      kiln::abort_job(3);
       return 3;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "%skiln %s: internal error: %s\n", kiln::rank_prefix().c_str(), v.name, e.what());
+      kiln::abort_job(3);
       return 3;
     }
   }

@@ -10,6 +10,7 @@
 #include "models/weight_source.h"
 #include "trainer/checkpoint.h"
 #include "trainer/error.h"
+#include "trainer/run_dir.h"
 
 namespace fs = std::filesystem;
 

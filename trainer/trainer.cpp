@@ -38,7 +38,10 @@
 #include "trainer/log.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/model_setup.h"
+#include "trainer/run_dir.h"
+#include "trainer/state_check.h"
 #include "trainer/step_runner.h"
+#include "trainer/stop_signals.h"
 #include "trainer/tensorboard.h"
 #include "trainer/test_hooks.h"
 
@@ -47,8 +50,6 @@ namespace fs = std::filesystem;
 namespace kiln {
 namespace {
 
-std::atomic<int> g_stop_signal{0};
-void on_stop_signal(int sig) { g_stop_signal = sig; }
 
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
@@ -146,6 +147,7 @@ class Trainer {
   fs::path run_dir_;
   std::string config_yaml_;
   std::string resume_dir_;
+  RunDir run_dir_guard_;
   Llama model_{nullptr};
   std::unique_ptr<ZeroOptimizer> optimizer_;
   std::unique_ptr<DataLoader> loader_;
@@ -156,32 +158,11 @@ class Trainer {
   int64_t start_step_ = 0, tokens_seen_ = 0;
 };
 
-// The checkpoint to resume from, decided by rank 0 (it verifies every file once) and shared:
-// the step number, -1 for none, -2 when rank 0 refused (its message says why).
+// Lock, environment checks, the resume point (verified, checkpoint.h) and the resume policy,
+// decided on rank 0 for every rank (run_dir.h): nothing is written if any of them refuses.
 void Trainer::find_resume() {
-  if (cfg_.train.resume == "never") return;
-  if (cfg_.train.resume != "auto") {
-    if (!fs::exists(fs::path(cfg_.train.resume) / "state.json"))
-      user_error("train.resume: ", cfg_.train.resume,
-                 " is not a checkpoint directory (no state.json); valid: auto | never | DIR");
-    resume_dir_ = resolve_checkpoint(cfg_.train.resume);
-    return;
-  }
-  at::Tensor code = at::zeros({1}, at::kDouble);
-  std::string dir, error;
-  if (rank0_) {
-    try {
-      dir = find_resume_checkpoint(run_dir_.string());
-      code[0] = dir.empty() ? -1.0 : static_cast<double>(read_checkpoint_state(dir).step);
-    } catch (const UserError& e) {
-      error = e.what();
-      code[0] = -2.0;
-    }
-  }
-  all_reduce_host(mesh_.world(), code, setup_.device);
-  const int64_t c = static_cast<int64_t>(code[0].item<double>());
-  if (c == -2) user_error(rank0_ ? error : "rank 0 found no usable checkpoint (its message says why)");
-  if (c >= 0) resume_dir_ = (fs::path(checkpoint_root(run_dir_.string())) / checkpoint_dir_name(c)).string();
+  run_dir_guard_ = open_run_dir(cfg_, mesh_.world(), setup_.device);
+  resume_dir_ = run_dir_guard_.resume_dir;
 }
 
 // The rank's model: built with placeholders, then only what the rank keeps is read from the
@@ -210,6 +191,9 @@ void Trainer::restore() {
   if (resume_dir_.empty()) return;
   CheckpointState st = read_checkpoint_state(resume_dir_);
   optimizer_->load_state(*checkpoint_state_source(resume_dir_), st.step);
+  // What this rank loaded must be finite (every rank checks its own share).
+  require_finite_state(mesh_.world(), setup_.device, optimizer_->state_slices(), {},
+                       str("not resuming from ", resume_dir_));
   loader_->restore(st.data.get<LoaderState>());
   const std::vector<std::string> rng = checkpoint_rng_states(resume_dir_);
   if (static_cast<int>(rng.size()) == mesh_.world().size()) {
@@ -247,6 +231,7 @@ StepStats Trainer::step(int64_t step) {
   s.loss_tokens = std::max(1.0, counts[0].item<double>());
   const double divisor = per_sample ? std::max(1.0, counts[1].item<double>()) : s.loss_tokens;
   at::Tensor loss = runner_->run(micro, divisor).reshape({1});
+  test_step_delay();  // KILN_TEST_STEP_SLEEP_S, tests only
   optimizer_->reduce_gradients();
   s.norm = optimizer_->grad_norm();
   mesh_.dp().all_reduce(loss);
@@ -297,6 +282,7 @@ void Trainer::save(int64_t step) {
                {"dp", dp_size_},              {"zero", cfg_.parallel.zero}};
   CheckpointShard shard;
   shard.slices = optimizer_->state_slices();
+  require_finite_state(mesh_.world(), setup_.device, shard.slices, {}, str("not saving the checkpoint of step ", step));
   shard.dp_rank = mesh_.coords().dp;
   shard.dp_size = static_cast<int>(dp_size_);
   shard.tensors = parameter_shapes(*model_);
@@ -311,7 +297,6 @@ TrainResult Trainer::run() {
   // The resume point first: nothing is written into the run directory if it is unusable.
   find_resume();
   if (rank0_) {
-    fs::create_directories(run_dir_);
     write_file_atomic((run_dir_ / "config.yaml").string(), config_yaml_);
     log0("kiln train: ", cfg_.source, " -> ", run_dir_.string());
     log0("processes: ", where);
@@ -340,14 +325,12 @@ TrainResult Trainer::run() {
     metrics_.open(metrics_path, std::ios::app);
   }
   tb_ = open_tensorboard(cfg_.train, rank0_);
-  g_stop_signal = 0;
-  auto old_term = std::signal(SIGTERM, on_stop_signal);
-  auto old_int = std::signal(SIGINT, on_stop_signal);
+  StopSignals signals;  // SIGUSR1: save and go on; SIGTERM/SIGINT/SIGUSR2: save and exit 0
 
   TrainResult result;
   result.first_step = start_step_;
   sources_ = loader_->source_names();
-  int64_t skipped_in_row = 0;
+  int64_t skipped_in_row = 0, skipped_this_run = 0;
   auto run_start = std::chrono::steady_clock::now();
   int64_t steps_this_run = 0;
   if (cfg_.train.steps == 0 && resume_dir_.empty()) {
@@ -361,6 +344,7 @@ TrainResult Trainer::run() {
     if (!std::isfinite(s.norm)) {
       // fp16 overflow or a bad batch: the update was skipped; stop after too many in a row.
       ++skipped_in_row;
+      ++skipped_this_run;
       log0("step ", step + 1, ": non-finite gradient norm, update skipped (", skipped_in_row, " in a row)");
       if (skipped_in_row > cfg_.train.max_skipped_steps)
         user_error("training diverged: ", skipped_in_row,
@@ -387,7 +371,7 @@ TrainResult Trainer::run() {
           step_tokens / s.seconds, peak_memory_bytes(setup_.device) / double(1 << 30), format_duration(eta).c_str());
       log0(line);
     }
-    test_pause_after_step(step + 1, [] { return g_stop_signal.load() != 0; });  // tests only
+    test_pause_after_step(step + 1, [&signals] { return signals.pending(); });  // tests only
 
     if (cfg_.train.eval_every > 0 && ((step + 1) % cfg_.train.eval_every == 0 || step + 1 == cfg_.train.steps)) {
       EvalResult ev = evaluate_model(*model_, cfg_, setup_.device, &mesh_.dp());
@@ -398,19 +382,19 @@ TrainResult Trainer::run() {
     }
     const bool last = step + 1 == cfg_.train.steps;
     const bool exit_now = opts_.exit_after > 0 && steps_this_run >= opts_.exit_after;
-    at::Tensor stop = at::full({1}, static_cast<double>(g_stop_signal.load()), at::kDouble);
-    all_reduce_host(mesh_.world(), stop, setup_.device, ReduceOp::Max);  // every rank stops at the same step
-    const bool signalled = stop.item<double>() > 0;
-    if (last || exit_now || signalled || (cfg_.checkpoint.every > 0 && (step + 1) % cfg_.checkpoint.every == 0))
+    const StopSignals::Request sig = signals.poll(mesh_.world(), setup_.device);  // every rank: the same step
+    const bool signalled = sig.stop;
+    if (last || exit_now || signalled) require_some_step_trained(steps_this_run, skipped_this_run, resume_dir_);
+    if (last || exit_now || sig.save || (cfg_.checkpoint.every > 0 && (step + 1) % cfg_.checkpoint.every == 0))
       save(step + 1);
+    if (sig.save && !sig.stop)
+      log0("checkpoint on signal ", sig.signal, " (SIGUSR1) after step ", step + 1, "; training goes on");
     if (signalled) {
-      log0("stopping on signal after step ", step + 1, " (checkpoint saved; `kiln train` resumes)");
+      log0("stopping on signal ", sig.signal, " after step ", step + 1, " (checkpoint saved; `kiln train` resumes)");
       break;
     }
     if (exit_now && !last) break;
   }
-  std::signal(SIGTERM, old_term);
-  std::signal(SIGINT, old_int);
   // Every rank's peak (the rank that runs out of memory first is the one that matters).
   at::Tensor peaks = at::zeros({mesh_.world().size()}, at::kDouble);
   peaks[mesh_.world().rank()] = static_cast<double>(peak_memory_bytes(setup_.device));

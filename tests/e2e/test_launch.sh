@@ -22,7 +22,7 @@ SH
 chmod +x "$WORK/flaky-mpirun"
 MPIRUN="$WORK/flaky-mpirun" "$ROOT/launch/kiln-launch" --restarts 2 --wait 0 "$WORK/tiny.yaml" \
   --set train.run_dir="$WORK/run" --set checkpoint.every=1 >"$WORK/launch.log" 2>&1 || { cat "$WORK/launch.log"; die "launch"; }
-grep -q "attempt 1 failed (exit 137); restarting" "$WORK/launch.log" || die "no restart: $(cat "$WORK/launch.log")"
+grep -q "attempt 1 failed: exit 137 (128 + signal 9); restarting" "$WORK/launch.log" || die "no restart: $(cat "$WORK/launch.log")"
 losses "$WORK/whole" >"$WORK/a"; losses "$WORK/run" >"$WORK/b"
 diff "$WORK/a" "$WORK/b" || die "restarted run's losses differ"
 grep -q "resumed from .*step-00000002 at step 2" "$WORK/launch.log" || die "the restart did not resume at step 2"

@@ -217,19 +217,14 @@ TEST(Train, BrokenCheckpointsAreNamed) {
   Config cfg = tiny(dir, "run", {"train.steps=2"});
   train(cfg);
   const std::string root = checkpoint_root(cfg.train.run_dir);
-  // `latest` naming a directory that is not complete.
+  // `latest` naming a directory that is not complete: the newest complete checkpoint is used
+  // (run_dir.h), never random init.
   test::write_text(root + "/latest", "step-00000099\n");
-  try {
-    train(cfg);
-    FAIL() << "a dangling latest was accepted";
-  } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("latest: names 'step-00000099', which is not a complete checkpoint"),
-              std::string::npos)
-        << e.what();
-  }
+  TrainResult recovered = train(tiny(dir, "run", {"train.steps=3"}));
+  EXPECT_EQ(recovered.first_step, 2);
   // A corrupt state.json.
-  test::write_text(root + "/latest", "step-00000002\n");
-  test::write_text(root + "/step-00000002/state.json", "{\"step\": ");
+  test::write_text(root + "/latest", "step-00000003\n");
+  test::write_text(root + "/step-00000003/state.json", "{\"step\": ");
   try {
     train(tiny(dir, "run", {"train.steps=3"}));
     FAIL() << "a corrupt state.json was accepted";
@@ -237,10 +232,13 @@ TEST(Train, BrokenCheckpointsAreNamed) {
     EXPECT_NE(std::string(e.what()).find("state.json: corrupt checkpoint state"), std::string::npos)
         << e.what();
   }
-  // resume: never starts over and leaves the old checkpoint alone until it saves.
-  TrainResult fresh = train(tiny(dir, "run", {"train.steps=2", "train.resume=never"}));
-  EXPECT_EQ(fresh.first_step, 0);
-  EXPECT_EQ(read_checkpoint_state(latest_checkpoint(cfg.train.run_dir)).step, 2);
+  // resume: never over existing checkpoints is refused (it would prune them); see test_run_dir.cpp.
+  try {
+    train(tiny(dir, "run", {"train.steps=2", "train.resume=never"}));
+    FAIL() << "resume: never over checkpoints was accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("train.resume: never, but "), std::string::npos) << e.what();
+  }
 }
 
 TEST(Train, ExplicitResumeDirectoryMustBeACheckpoint) {
