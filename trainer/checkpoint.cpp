@@ -399,24 +399,26 @@ CheckpointCheck verify_checkpoint(const std::string& dir) {
 
 std::string find_resume_checkpoint(const std::string& run_dir) {
   const fs::path root = checkpoint_root(run_dir);
-  std::vector<fs::path> candidates;
-  const fs::path latest = root / "latest";
-  if (fs::exists(latest)) {
-    std::string name = read_file(latest.string());
-    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-    if (step_of(name) >= 0 && fs::is_directory(root / name))
-      candidates.push_back(root / name);
-    else
-      log0("warning: ", latest.string(), " names '", name,
-           "', which is not a checkpoint directory; looking for the newest complete step-*");
-  }
-  for (const fs::path& p : step_dirs(root))
-    if (candidates.empty() || p != candidates.front()) candidates.push_back(p);
+  // Newest first: `latest` is written after the rename, so a newer complete directory than the
+  // one it names means a crash in between, and that one is complete.
+  const std::vector<fs::path> candidates = step_dirs(root);
   if (candidates.empty()) return "";
+  const fs::path latest = root / "latest";
+  std::string named;
+  if (fs::exists(latest)) {
+    named = read_file(latest.string());
+    while (!named.empty() && (named.back() == '\n' || named.back() == ' ')) named.pop_back();
+  }
   for (const fs::path& c : candidates) {
     const CheckpointCheck check = verify_checkpoint(c.string());
-    if (check.ok()) return c.string();
-    log0("warning: checkpoint ", c.string(), " skipped: ", check.problem);
+    if (!check.ok()) {
+      log0("warning: checkpoint ", c.string(), " skipped: ", check.problem);
+      continue;
+    }
+    if (c.filename().string() != named)
+      log0("warning: ", latest.string(), named.empty() ? " is missing" : " names '" + named + "'",
+           "; resuming from the newest complete checkpoint, ", c.string());
+    return c.string();
   }
   user_error("no usable checkpoint in ", root.string(), " (", candidates.size(),
              " found, each incomplete or corrupt: see the warnings above); `kiln verify DIR` shows each "

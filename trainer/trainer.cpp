@@ -191,9 +191,14 @@ void Trainer::restore() {
   if (resume_dir_.empty()) return;
   CheckpointState st = read_checkpoint_state(resume_dir_);
   optimizer_->load_state(*checkpoint_state_source(resume_dir_), st.step);
-  // What this rank loaded must be finite (every rank checks its own share).
-  require_finite_state(mesh_.world(), setup_.device, optimizer_->state_slices(), {},
-                       str("not resuming from ", resume_dir_));
+  // What this rank loaded must be finite (every rank checks its own share; all stop together).
+  const std::vector<TensorSlice> loaded = optimizer_->state_slices();
+  at::Tensor bad = at::full({1}, first_non_finite(loaded).empty() ? 0.0 : 1.0, at::kDouble);
+  all_reduce_host(mesh_.world(), bad, setup_.device, ReduceOp::Max);
+  if (bad.item<double>() > 0) {
+    require_finite_checkpoint(resume_dir_, loaded);
+    user_error(resume_dir_, ": another rank's share holds NaN or infinite values; refusing to resume from it");
+  }
   loader_->restore(st.data.get<LoaderState>());
   const std::vector<std::string> rng = checkpoint_rng_states(resume_dir_);
   if (static_cast<int>(rng.size()) == mesh_.world().size()) {

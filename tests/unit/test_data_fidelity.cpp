@@ -380,7 +380,7 @@ TEST(DataTelechat, TemplateTrainsRoleTokensAsLossFn) {
   s.turns = {{"user", "q one"}, {"assistant", "a one"}, {"user", "q two"}, {"assistant", "a two"}};
   SampleEncoder enc(tok, chat_template("telechat", {}), "all_turns");
   const EncodedSample e = enc.encode(s);
-  EXPECT_EQ(test::render(tok, e), "<s>[<_user>]q one[<_bot>a one<_end><_user>]q two[<_bot>a two<_end>]");
+  EXPECT_EQ(test::render(tok, e), "«<s>»[«<_user>»]q one[«<_bot>»a one«<_end>»«<_user>»]q two[«<_bot>»a two«<_end>»]");
   int64_t trained = 0, answers = 0;
   for (size_t k = 1; k < e.tokens.size(); ++k) trained += e.mask[k];
   for (const char* a : {"a one", "a two"})
@@ -401,7 +401,7 @@ TEST(DataTelechat, TemplateTrainsRoleTokensAsLossFn) {
   // last_turn: only the last turn's role tokens and answer.
   SampleEncoder last(tok, chat_template("telechat", {}), "last_turn");
   EXPECT_EQ(test::render(tok, last.encode(s)),
-            "<s><_user>q one<_bot>a one<_end>[<_user>]q two[<_bot>a two<_end>]");
+            "«<s>»«<_user>»q one«<_bot>»a one«<_end>»[«<_user>»]q two[«<_bot>»a two«<_end>»]");
 }
 
 TEST(DataMixTable, ProportionalVersusTelechatShares) {

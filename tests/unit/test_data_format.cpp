@@ -275,7 +275,7 @@ TEST(DataTemplate, GoldenSystemMessages) {
             "«<s>»«<|im_start|>»system\\nBe brief.«<|im_end|>»\\n«<|im_start|>»user\\nhi "
             "there«<|im_end|>»\\n«<|im_start|>»assistant\\n[hello«<|im_end|>»]\\n");
   EXPECT_EQ(golden("telechat", s, "all_turns"),
-            "«<s>»«<_user>»hi there«<_bot>»[hello«<_end>»]");  // telechat has no system slot
+            "«<s>»[«<_user>»]hi there[«<_bot>»hello«<_end>»]");  // telechat has no system slot
 }
 
 TEST(DataTemplate, GoldenCustomTemplateFromYaml) {

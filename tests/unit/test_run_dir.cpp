@@ -4,6 +4,9 @@
 // NaN checkpoints refused, all-skipped runs failing, and the launcher environment (mpirun, srun).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <xxhash.h>
+
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <filesystem>
@@ -66,7 +69,9 @@ std::string error_of(const std::function<void()>& f) {
 // A fake complete checkpoint directory.
 void fake_checkpoint(const std::string& root, const std::string& name, int64_t step) {
   fs::create_directories(fs::path(root) / name);
-  test::write_text(root + "/" + name + "/state.json", str("{\"step\": ", step, "}"));
+  // A complete checkpoint of nothing (format 2: no files, no tensors), which verifies.
+  test::write_text(root + "/" + name + "/state.json",
+                   str("{\"format_version\": 2, \"step\": ", step, ", \"files\": {}, \"tensors\": {}}"));
 }
 
 TEST(RunDir, StepNumbersAndPruningByNumberNotName) {
@@ -189,10 +194,13 @@ TEST(RunDir, TrainRecoversFromDeletedLatestAndRefusesNever) {
 }
 
 // Rewrites one tensor of every optim-*.safetensors file of a checkpoint.
+// Rewrites the checkpoint's pieces of `name` to `value`, and its recorded sizes and checksums
+// with them, as a checkpoint saved from such a state would be.
 void poke_optimizer_state(const std::string& ckpt, const std::string& name, float value) {
+  nlohmann::json state = nlohmann::json::parse(test::read_text(ckpt + "/state.json"));
   for (const auto& e : fs::directory_iterator(ckpt)) {
     const std::string f = e.path().filename().string();
-    if (f.rfind("optim-", 0) != 0) continue;
+    if (f.rfind("shard-", 0) != 0) continue;
     std::vector<std::pair<std::string, at::Tensor>> tensors;
     std::map<std::string, std::string> meta;
     {
@@ -200,12 +208,18 @@ void poke_optimizer_state(const std::string& ckpt, const std::string& name, floa
       meta = st.metadata();
       for (const auto& n : st.names()) {
         at::Tensor t = st.tensor(n).clone();
-        if (n == name) t.fill_(value);
+        if (n.rfind(name + "#", 0) == 0) t.fill_(value);
         tensors.emplace_back(n, t);
       }
     }
     write_safetensors(e.path().string(), tensors, meta);
+    const std::string bytes = test::read_text(e.path().string());
+    char hex[17];
+    std::snprintf(hex, sizeof(hex), "%016llx",
+                  static_cast<unsigned long long>(XXH3_64bits(bytes.data(), bytes.size())));
+    state["files"][f] = {{"bytes", static_cast<int64_t>(bytes.size())}, {"xxh3_64", hex}};
   }
+  test::write_text(ckpt + "/state.json", state.dump(2));
 }
 
 TEST(StateCheck, NaNCheckpointIsRefusedAndNothingSaved) {
@@ -227,8 +241,8 @@ TEST(StateCheck, NaNCheckpointIsRefusedAndNothingSaved) {
 TEST(StateCheck, NoCheckpointFromNonFiniteState) {
   auto world = make_world_communicator("auto", /*cuda=*/false, /*timeout_s=*/10);
   const c10::Device cpu(c10::kCPU);
-  TensorSlice ok{"master/w", {2}, 0, 2, at::tensor({1.0f, 2.0f})};
-  TensorSlice bad{"exp_avg_sq/w", {2}, 0, 2, at::tensor({1.0f, INFINITY})};
+  TensorSlice ok{"master/w", {2}, Box{{0}, {2}}, at::tensor({1.0f, 2.0f})};
+  TensorSlice bad{"exp_avg_sq/w", {2}, Box{{0}, {2}}, at::tensor({1.0f, INFINITY})};
   EXPECT_NO_THROW(require_finite_state(*world, cpu, {ok}, {{"w", at::tensor({1.0f})}}, "saving"));
   EXPECT_HAS(error_of([&] {
                require_finite_state(*world, cpu, {ok, bad}, {}, "not saving the checkpoint of step 7");
