@@ -453,7 +453,11 @@ void ZeroOptimizer::reduce_gradients() {
 double ZeroOptimizer::grad_norm() {
   Impl& m = *impl_;
   KILN_CHECK(m.grad.defined(), "grad_norm before reduce_gradients");
-  at::Tensor sq = m.grad.to(at::kDouble).pow(2).sum().reshape({1});
+  // In pieces: a double copy of the whole gradient would be twice the gradient's memory again.
+  at::Tensor sq = at::zeros({1}, m.grad.options().dtype(at::kDouble));
+  constexpr int64_t kPiece = int64_t{1} << 20;
+  for (int64_t off = 0; off < m.grad.numel(); off += kPiece)
+    sq += m.grad.narrow(0, off, std::min(kPiece, m.grad.numel() - off)).to(at::kDouble).pow(2).sum();
   if (m.stage >= 1 && m.dp.size() > 1) {
     sq = sq.to(m.model_device());
     m.dp.all_reduce(sq);
@@ -465,14 +469,22 @@ void adamw_update(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_s
                   const at::Tensor& decay_mask, double lr, double grad_scale, int64_t step,
                   const AdamWOptions& h) {
   at::NoGradGuard no_grad;
-  at::Tensor g = grad_scale == 1.0 ? grad : grad * grad_scale;
-  master.mul_(1.0 - lr * h.weight_decay * decay_mask);
-  exp_avg.mul_(h.beta1).add_(g, 1.0 - h.beta1);
-  exp_avg_sq.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
   const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(step));
   const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(step));
-  at::Tensor denom = (exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(h.eps);
-  master.addcdiv_(exp_avg, denom, -lr / bc1);
+  // Elementwise, so in pieces: the temporaries stay a few MiB instead of copies of the shard.
+  constexpr int64_t kPiece = int64_t{1} << 20;
+  const int64_t n = master.numel();
+  for (int64_t off = 0; off < n; off += kPiece) {
+    const int64_t len = std::min(kPiece, n - off);
+    at::Tensor p = master.narrow(0, off, len), m = exp_avg.narrow(0, off, len), v = exp_avg_sq.narrow(0, off, len);
+    at::Tensor g = grad.narrow(0, off, len);
+    if (grad_scale != 1.0) g = g * grad_scale;
+    p.mul_(1.0 - lr * h.weight_decay * decay_mask.narrow(0, off, len));
+    m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+    v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
+    at::Tensor denom = (v.sqrt() / std::sqrt(bc2)).add_(h.eps);
+    p.addcdiv_(m, denom, -lr / bc1);
+  }
 }
 
 void ZeroOptimizer::step(double lr, double grad_scale) {

@@ -290,10 +290,14 @@ void Trainer::save(int64_t step) {
   require_finite_state(mesh_.world(), setup_.device, shard.slices, {}, str("not saving the checkpoint of step ", step));
   shard.dp_rank = mesh_.coords().dp;
   shard.dp_size = static_cast<int>(dp_size_);
-  shard.tensors = parameter_shapes(*model_);
-  for (const auto& [name, shape] : optimizer_->trained_shapes()) shard.trained.push_back(name);
+  // Global shapes: under ZeRO-3 the model's own tensors are empty between uses.
+  shard.tensors = optimizer_->trained_shapes();
+  for (const auto& [name, shape] : shard.tensors) shard.trained.push_back(name);
   for (const auto& item : model_->named_parameters())
-    if (!item.value().requires_grad()) shard.frozen.emplace_back(item.key(), item.value());
+    if (!item.value().requires_grad()) {
+      shard.frozen.emplace_back(item.key(), item.value());
+      shard.tensors.emplace_back(item.key(), item.value().sizes().vec());
+    }
   save_checkpoint(cfg_.train.run_dir, mesh_.world(), st, shard, config_yaml_, cfg_.checkpoint.keep_last);
 }
 

@@ -45,7 +45,7 @@ wait $pid 2>/dev/null || true
 grep -q "resumed from .*step-00000003 at step 3" "$WORK/resumed.log" || die "did not resume at step 3"
 losses "$WORK/whole" >"$WORK/a"; losses "$WORK/killed" >"$WORK/b"
 diff "$WORK/a" "$WORK/b" || die "resumed losses differ from the uninterrupted run"
-cmp "$WORK/whole/checkpoints/step-00000008/model.safetensors" "$WORK/killed/checkpoints/step-00000008/model.safetensors" \
+cmp "$WORK/whole/checkpoints/step-00000008/shard-00000-of-00001.safetensors" "$WORK/killed/checkpoints/step-00000008/shard-00000-of-00001.safetensors" \
   || die "final weights differ"
 echo "resume after SIGKILL at step 4: identical losses and weights"
 
@@ -54,7 +54,7 @@ start_paused "$WORK/term" 3 --set checkpoint.every=0
 kill -TERM $pid
 rc=0; wait $pid || rc=$?
 [ $rc = 0 ] || { cat "$WORK/term.log"; die "SIGTERM: exit $rc, expected 0"; }
-grep -q "stopping on signal after step 3 (checkpoint saved" "$WORK/term.log" || die "no stop line: $(tail -3 "$WORK/term.log")"
+grep -q "stopping on signal 15 after step 3 (checkpoint saved" "$WORK/term.log" || die "no stop line: $(tail -3 "$WORK/term.log")"
 [ "$(ls "$WORK/term/checkpoints" | grep -c '^step-')" = 1 ] && [ "$(cat "$WORK/term/checkpoints/latest")" = step-00000003 ] \
   || die "SIGTERM did not save exactly step 3: $(ls "$WORK/term/checkpoints")"
 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/term" >>"$WORK/term.log" 2>&1 || die "resume after SIGTERM"

@@ -38,7 +38,7 @@ wait $pid || { tail "$WORK/usr1.log"; die "run with SIGUSR1 failed"; }
 step=$(sed -n 's/^checkpoint on signal 10 (SIGUSR1) after step \([0-9]*\); training goes on$/\1/p' "$WORK/usr1.log")
 [ -n "$step" ] && [ "$step" -lt 8 ] || die "no SIGUSR1 checkpoint mid-run: $(grep -i signal "$WORK/usr1.log")"
 ckpt=$(printf '%s/usr1/checkpoints/step-%08d' "$WORK" "$step")
-[ -f "$ckpt/state.json" ] && [ -f "$ckpt/model.safetensors" ] || die "$ckpt is not complete"
+"$KILN" verify "$ckpt" >/dev/null 2>&1 || die "$ckpt is not complete"
 losses "$WORK/usr1" >"$WORK/usr1.loss"
 diff "$WORK/whole.loss" "$WORK/usr1.loss" || die "SIGUSR1 changed the losses"
 echo "ok: SIGUSR1 at step $step: checkpoint $ckpt, training went on, same losses"
