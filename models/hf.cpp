@@ -137,7 +137,6 @@ void read_rope(const json& top, const std::string& path, ModelConfig& cfg) {
   }
 }
 
-int64_t tensor_bytes(const at::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); }
 
 std::string torch_dtype_name(at::ScalarType t) {
   switch (t) {

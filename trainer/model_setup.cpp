@@ -36,20 +36,6 @@ ComputeSetup compute_setup(const Config& cfg) {
   return s;
 }
 
-void load_named_weights(LlamaImpl& model, const std::vector<std::pair<std::string, at::Tensor>>& named,
-                        const std::string& what) {
-  std::unordered_map<std::string, at::Tensor> by_name(named.begin(), named.end());
-  at::NoGradGuard no_grad;
-  for (auto& item : model.named_parameters()) {
-    auto it = by_name.find(item.key());
-    if (it == by_name.end()) user_error(what, ": has no tensor '", item.key(), "' that the model needs");
-    if (it->second.sizes() != item.value().sizes())
-      user_error(what, ": tensor '", item.key(), "' has shape ", it->second.sizes(), ", the model needs ",
-                 item.value().sizes(), " (model.* keys differ from the checkpoint's?)");
-    item.value().copy_(it->second);
-  }
-}
-
 std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const LlamaImpl& model) {
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
   for (const auto& item : model.named_parameters()) out.emplace_back(item.key(), item.value().sizes().vec());

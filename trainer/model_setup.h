@@ -20,11 +20,6 @@ struct ComputeSetup {
 };
 ComputeSetup compute_setup(const Config& cfg);
 
-// Copies tensors into the model's parameters by name (shape-checked, dtype converted).
-// `what` names the source in errors. Every model parameter must be present.
-void load_named_weights(LlamaImpl& model, const std::vector<std::pair<std::string, at::Tensor>>& named,
-                        const std::string& what);
-
 class WeightSource;
 // Where a new run's weights come from: model.init_from (hf:DIR, ckpt:DIR, verified) or the seeded
 // random init. `model` gives the names and shapes (it may hold placeholders).
