@@ -6,7 +6,7 @@
 #include <algorithm>
 
 #include "data/prep.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 

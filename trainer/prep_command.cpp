@@ -13,7 +13,7 @@
 #include "data/sample_format.h"
 #include "data/tokenizer.h"
 #include "trainer/cli.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 
