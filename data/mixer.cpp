@@ -6,17 +6,9 @@
 
 #include "base/config.h"
 #include "base/error.h"
+#include "base/hash.h"
 
 namespace kiln {
-
-namespace {
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-}  // namespace
 
 std::mt19937_64 make_rng(uint64_t seed, uint64_t a, uint64_t b) {
   return std::mt19937_64(splitmix64(splitmix64(splitmix64(seed) ^ a) ^ b));
