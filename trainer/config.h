@@ -59,6 +59,8 @@ struct TrainConfig {
   std::string optimizer_offload = "none";  // none | cpu
   std::string device = "auto";             // auto | cpu | cuda
   int64_t threads = 0;                     // CPU intra-op threads, 0 = torch default
+  std::vector<std::string> trainable = {"*"};  // parameter-name patterns (trainer/trainable.h)
+  bool trainable_new_rows_only = false;        // embedding/head: only rows beyond init_from's
   std::string tensorboard = "auto";        // event files: auto (RUN_DIR/tb) | none | DIR
 };
 
