@@ -4,7 +4,7 @@
 #include <algorithm>
 
 #include "data/tokenizer.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 

@@ -9,9 +9,9 @@
 
 #include "data/chat_template.h"
 #include "data/tokenizer.h"
-#include "trainer/config.h"
-#include "trainer/error.h"
-#include "trainer/file_io.h"
+#include "base/config.h"
+#include "base/error.h"
+#include "base/file_io.h"
 
 namespace fs = std::filesystem;
 

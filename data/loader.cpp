@@ -6,8 +6,8 @@
 #include <algorithm>
 
 #include "data/prep.h"
+#include "base/error.h"
 #include "data/vocab_check.h"
-#include "trainer/error.h"
 
 namespace kiln {
 

@@ -24,7 +24,7 @@
 #include "data/mix_table.h"
 #include "data/row_stream.h"
 #include "data/token_store.h"
-#include "trainer/config.h"
+#include "base/config.h"
 
 namespace kiln {
 

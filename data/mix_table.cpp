@@ -7,8 +7,8 @@
 #include "data/prep.h"
 #include "data/row_stream.h"
 #include "data/token_store.h"
-#include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/config.h"
+#include "base/error.h"
 
 namespace kiln {
 

@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/config.h"
+#include "base/error.h"
 
 namespace kiln {
 

@@ -6,7 +6,7 @@
 #include <set>
 #include <utility>
 
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 

@@ -22,8 +22,8 @@
 #include "data/sample_format.h"
 #include "data/token_store.h"
 #include "data/tokenizer.h"
-#include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/config.h"
+#include "base/error.h"
 
 namespace kiln {
 

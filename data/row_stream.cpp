@@ -5,8 +5,8 @@
 #include <limits>
 
 #include "data/packer.h"
-#include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/config.h"
+#include "base/error.h"
 
 namespace kiln {
 

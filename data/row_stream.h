@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "data/mixer.h"
-#include "trainer/config.h"
+#include "base/config.h"
 
 namespace kiln {
 

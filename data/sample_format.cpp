@@ -3,7 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 

@@ -14,8 +14,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "trainer/error.h"
-#include "trainer/file_io.h"
+#include "base/error.h"
+#include "base/file_io.h"
 
 namespace kiln {
 

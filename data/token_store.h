@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/file_io.h"
+#include "base/file_io.h"
 
 namespace kiln {
 

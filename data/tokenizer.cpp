@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <unordered_map>
 
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 

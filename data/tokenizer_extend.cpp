@@ -4,8 +4,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "trainer/error.h"
-#include "trainer/file_io.h"
+#include "base/error.h"
+#include "base/file_io.h"
 
 #ifdef KILN_WITH_SPM_PROTO
 #include <algorithm>

@@ -2,8 +2,8 @@
 #include "data/vocab_check.h"
 
 #include "data/tokenizer.h"
-#include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/config.h"
+#include "base/error.h"
 
 namespace kiln {
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-#include "models/model_config.h"
+#include "base/model_config.h"
 
 namespace kiln {
 

@@ -14,8 +14,8 @@
 #include "models/safetensors.h"
 #include "models/vocab_resize.h"
 #include "models/weight_source.h"
-#include "trainer/error.h"
-#include "trainer/file_io.h"
+#include "base/error.h"
+#include "base/file_io.h"
 
 namespace kiln {
 namespace {

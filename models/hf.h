@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "models/model_config.h"
+#include "base/model_config.h"
 
 namespace torch {
 namespace nn {

@@ -11,7 +11,7 @@
 #include "models/ops/varlen_attention.h"
 #include "models/recompute.h"
 #include "models/weight_source.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 

@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "data/batch.h"
-#include "models/model_config.h"
+#include "base/model_config.h"
 #include "models/projection.h"
 #include "models/unit_chain.h"
 

@@ -6,7 +6,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
-#include "models/model_config.h"
+#include "base/model_config.h"
 #include "models/projection.h"
 
 namespace kiln {

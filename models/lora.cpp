@@ -7,7 +7,7 @@
 #include <cmath>
 #include <mutex>
 
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -11,7 +11,7 @@
 
 #include <cmath>
 
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -10,8 +10,8 @@
 #include <set>
 
 #include "models/safetensors.h"
-#include "trainer/error.h"
-#include "trainer/file_io.h"
+#include "base/error.h"
+#include "base/file_io.h"
 
 namespace kiln {
 namespace {

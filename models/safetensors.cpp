@@ -15,8 +15,8 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
-#include "trainer/error.h"
-#include "trainer/file_io.h"
+#include "base/error.h"
+#include "base/file_io.h"
 
 namespace kiln {
 

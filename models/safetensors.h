@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "trainer/file_io.h"
+#include "base/file_io.h"
 
 namespace kiln {
 

@@ -8,7 +8,7 @@
 #include <functional>
 
 #include "models/weight_source.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

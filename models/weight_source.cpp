@@ -10,7 +10,7 @@
 #include <unordered_map>
 
 #include "models/projection.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -5,8 +5,8 @@
 #include <numeric>
 
 #include "parallel/communicator_backends.h"
-#include "trainer/error.h"
-#include "trainer/log.h"
+#include "base/error.h"
+#include "base/log.h"
 
 namespace kiln {
 

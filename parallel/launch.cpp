@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "parallel/communicator.h"
-#include "trainer/error.h"
-#include "trainer/log.h"
+#include "base/error.h"
+#include "base/log.h"
 
 namespace kiln {
 namespace {

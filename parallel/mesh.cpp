@@ -2,7 +2,7 @@
 // Each group is a split of the world: ranks that agree on the other two coordinates.
 #include "parallel/mesh.h"
 
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 

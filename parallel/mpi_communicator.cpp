@@ -30,7 +30,7 @@
 #include <thread>
 
 #include "parallel/communicator_backends.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

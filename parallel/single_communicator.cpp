@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "parallel/communicator_backends.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

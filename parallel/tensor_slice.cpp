@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -16,7 +16,7 @@
 #include "models/unit_chain.h"
 #include "models/weight_source.h"
 #include "parallel/communicator.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

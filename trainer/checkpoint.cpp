@@ -18,9 +18,9 @@
 #include "models/safetensors.h"
 #include "models/weight_source.h"
 #include "parallel/communicator.h"
-#include "trainer/error.h"
-#include "trainer/file_io.h"
-#include "trainer/log.h"
+#include "base/error.h"
+#include "base/file_io.h"
+#include "base/log.h"
 #include "trainer/run_dir.h"
 
 namespace fs = std::filesystem;

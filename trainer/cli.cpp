@@ -3,7 +3,7 @@
 
 #include <algorithm>
 
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 

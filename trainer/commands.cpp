@@ -16,8 +16,8 @@
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
-#include "trainer/error.h"
-#include "trainer/log.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "trainer/run_dir.h"
 #include "trainer/trainer.h"
 

@@ -16,7 +16,7 @@
 #include <sstream>
 
 #include "models/hf.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace fs = std::filesystem;
 

@@ -9,8 +9,8 @@
 #include "data/vocab_check.h"
 #include "models/llama.h"
 #include "parallel/communicator.h"
-#include "trainer/error.h"
-#include "trainer/log.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "trainer/model_setup.h"
 #include "trainer/trainer.h"
 

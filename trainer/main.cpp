@@ -8,8 +8,8 @@
 
 #include "parallel/communicator.h"
 #include "trainer/cli.h"
-#include "trainer/error.h"
-#include "trainer/log.h"
+#include "base/error.h"
+#include "base/log.h"
 
 namespace {
 

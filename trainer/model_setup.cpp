@@ -9,7 +9,7 @@
 #include "models/hf.h"
 #include "models/weight_source.h"
 #include "trainer/checkpoint.h"
-#include "trainer/error.h"
+#include "base/error.h"
 #include "trainer/run_dir.h"
 #include "trainer/vocab_setup.h"
 

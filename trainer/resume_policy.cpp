@@ -6,8 +6,8 @@
 #include <sstream>
 
 #include "trainer/checkpoint.h"
-#include "trainer/error.h"
-#include "trainer/log.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "trainer/lr_schedule.h"
 
 namespace fs = std::filesystem;

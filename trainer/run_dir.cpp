@@ -21,9 +21,9 @@
 
 #include "parallel/communicator.h"
 #include "trainer/checkpoint.h"
-#include "trainer/error.h"
-#include "trainer/file_io.h"
-#include "trainer/log.h"
+#include "base/error.h"
+#include "base/file_io.h"
+#include "base/log.h"
 #include "trainer/resume_policy.h"
 
 namespace fs = std::filesystem;

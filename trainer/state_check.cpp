@@ -4,7 +4,7 @@
 #include <ATen/ATen.h>
 
 #include "parallel/communicator.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -8,8 +8,8 @@
 #include <filesystem>
 
 #include "trainer/config.h"
-#include "trainer/error.h"
-#include "trainer/log.h"
+#include "base/error.h"
+#include "base/log.h"
 
 #ifdef KILN_WITH_TENSORBOARD
 #include <isa-l/crc.h>

@@ -7,7 +7,7 @@
 #include <string>
 #include <thread>
 
-#include "trainer/log.h"
+#include "base/log.h"
 
 namespace kiln {
 

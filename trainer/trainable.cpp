@@ -8,7 +8,7 @@
 #include "models/vocab_resize.h"
 #include "models/weight_source.h"
 #include "trainer/checkpoint.h"
-#include "trainer/error.h"
+#include "base/error.h"
 #include "trainer/vocab_setup.h"
 
 namespace kiln {

@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "models/model_config.h"
+#include "base/model_config.h"
 
 namespace kiln {
 

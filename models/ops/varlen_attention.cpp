@@ -14,7 +14,7 @@
 #include <ATen/cuda/CUDAContextLight.h>
 #endif
 
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 

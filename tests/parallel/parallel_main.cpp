@@ -18,7 +18,7 @@
 #include <thread>
 
 #include "tests/parallel/harness.h"
-#include "trainer/log.h"
+#include "base/log.h"
 
 namespace kiln::test {
 namespace {

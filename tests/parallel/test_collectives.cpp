@@ -7,7 +7,7 @@
 #include <thread>
 
 #include "tests/parallel/harness.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln::test {
 namespace {

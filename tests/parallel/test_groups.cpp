@@ -4,7 +4,7 @@
 
 #include "parallel/mesh.h"
 #include "tests/parallel/harness.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln::test {
 namespace {

@@ -20,7 +20,7 @@
 #include "models/safetensors.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/error.h"
 #include "trainer/model_setup.h"
 
 namespace {

@@ -13,7 +13,7 @@
 #include "models/safetensors.h"
 #include "test_data_util.h"
 #include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

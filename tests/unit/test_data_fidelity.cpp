@@ -18,7 +18,7 @@
 #include "models/llama.h"
 #include "test_data_util.h"
 #include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

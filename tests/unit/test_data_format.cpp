@@ -9,7 +9,7 @@
 #include "data/sample_format.h"
 #include "data/tokenizer.h"
 #include "tests/unit/test_data_util.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -11,7 +11,7 @@
 #include "data/prep.h"
 #include "tests/unit/test_data_util.h"
 #include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -12,7 +12,7 @@
 #include "data/packer.h"
 #include "data/row_stream.h"
 #include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -12,7 +12,7 @@
 #include "tests/unit/test_data_util.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -17,7 +17,7 @@
 #include "models/llama.h"
 #include "models/safetensors.h"
 #include "test_data_util.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -8,7 +8,7 @@
 #include "data/tokenizer.h"
 #include "test_data_util.h"
 #include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/error.h"
 #include "trainer/tensorboard.h"
 
 namespace kiln {

@@ -5,7 +5,7 @@
 #include "parallel/communicator.h"
 #include "parallel/communicator_backends.h"
 #include "parallel/mesh.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -16,7 +16,7 @@
 #include "models/lora.h"
 #include "models/peft.h"
 #include "models/safetensors.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

@@ -19,7 +19,7 @@
 #include "test_data_util.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/error.h"
 #include "trainer/resume_policy.h"
 #include "trainer/run_dir.h"
 #include "trainer/state_check.h"

@@ -18,8 +18,8 @@
 #include "parallel/tensor_slice.h"
 #include "parallel/zero.h"
 #include "trainer/checkpoint.h"
-#include "trainer/error.h"
-#include "trainer/file_io.h"
+#include "base/error.h"
+#include "base/file_io.h"
 
 namespace fs = std::filesystem;
 

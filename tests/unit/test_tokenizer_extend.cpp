@@ -12,7 +12,7 @@
 #include "data/tokenizer.h"
 #include "data/tokenizer_extend.h"
 #include "test_data_util.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {

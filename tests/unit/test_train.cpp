@@ -14,7 +14,7 @@
 #include "test_data_util.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/error.h"
 #include "trainer/model_setup.h"
 #include "trainer/trainer.h"
 

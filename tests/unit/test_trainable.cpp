@@ -23,7 +23,7 @@
 #include "test_data_util.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
-#include "trainer/error.h"
+#include "base/error.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/model_setup.h"
 #include "trainer/trainable.h"

@@ -15,9 +15,9 @@
 #include "data/sample_format.h"
 #include "data/tokenizer.h"
 #include "data/tokenizer_extend.h"
-#include "trainer/file_io.h"
+#include "base/file_io.h"
 #include "trainer/cli.h"
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 

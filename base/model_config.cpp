@@ -1,5 +1,5 @@
 // Parameter and FLOP counts of a ModelConfig, used by `kiln plan` and the per-step MFU.
-#include "models/model_config.h"
+#include "base/model_config.h"
 
 namespace kiln {
 

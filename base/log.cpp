@@ -1,5 +1,5 @@
 // Rank-aware logging and the always-on check failure handler.
-#include "trainer/log.h"
+#include "base/log.h"
 
 #include <cstdio>
 #include <mutex>

@@ -4,7 +4,7 @@
 #pragma once
 #include <string>
 
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 

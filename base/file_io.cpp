@@ -1,5 +1,5 @@
 // MappedFile and atomic writes (see file_io.h).
-#include "trainer/file_io.h"
+#include "base/file_io.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -11,7 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "trainer/error.h"
+#include "base/error.h"
 
 namespace kiln {
 namespace {
