@@ -161,7 +161,7 @@ TEST(Baichuan, NormHeadTrainsThroughTheNormalisation) {
     at::NoGradGuard no_grad;
     auto src = model->named_parameters();
     for (auto& item : body->named_parameters()) item.value().copy_(src[item.key()]);
-    norm->weight.copy_(src["model.norm.weight"]);
+    norm->weight.set_data(src["model.norm.weight"].clone());  // a placeholder until set
     head = src["lm_head.weight"].clone().requires_grad_(true);
   }
   Batch b;

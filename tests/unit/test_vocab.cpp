@@ -93,6 +93,7 @@ void expect_resized(const at::Tensor& grown, const at::Tensor& old) {
 std::map<std::string, at::Tensor> grown_weights(const TempDir& dir, const std::string& which,
                                                 std::vector<std::string> sets) {
   sets.push_back("tokenizer=");
+  sets.push_back("data.seq_len=8");
   Config cfg = from_hf(dir, which, sets);
   Llama model(cfg.model, LlamaBuild{StageSpec{}, {}, /*meta=*/true});
   materialize(*model, *initial_weights(cfg, *model));
@@ -246,7 +247,7 @@ TEST(Vocab, ExportWritesTheRealVocabulary) {
   EXPECT_TRUE(st.tensor("model.embed_tokens.weight").equal(model->embed_tokens->weight.narrow(0, 0, 100)));
   // Read back by kiln (init_from hf:) with padding again: the same logits on the real columns.
   Config back =
-      parse_config(str("model: {init_from: 'hf:", dir / "out", "', vocab_pad_to: 64}\n"), dir / "c.yaml");
+      parse_config(str("model: {init_from: 'hf:", dir / "out", "', vocab_pad_to: 64}\ndata: {seq_len: 16}\n"), dir / "c.yaml");
   Llama again(back.model, LlamaBuild{StageSpec{}, {}, /*meta=*/true});
   materialize(*again, *initial_weights(back, *again));
   EXPECT_EQ(again->lm_head->weight.size(0), 128);
