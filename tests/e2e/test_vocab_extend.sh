@@ -30,7 +30,7 @@ cat >"$WORK/ext.yaml" <<YAML
 model: {init_from: "hf:$ROOT/tests/fixtures/hf/llama_linear"}
 tokenizer: ext.model
 data: {mixture: zh.jsonl, seq_len: 32}
-train: {run_dir: $WORK/run, steps: 4, micro_batch_size: 2, lr: 0.01, min_lr: 0.001, threads: 1}
+train: {run_dir: $WORK/run, steps: 4, micro_batch_size: 2, global_batch_size: 4, lr: 0.01, min_lr: 0.001, threads: 1}
 YAML
 # 2. Refused in one line until model.vocab_size grows the model.
 set +e
@@ -48,6 +48,18 @@ echo "$msg" | grep -q "$pieces pieces, more than model.vocab_size 96 .*set model
 grep -q "trainable: .* parameters (2 tensors); frozen: 28 tensors" "$WORK/stage1.log" || die "stage 1 trained more"
 "$KILN" train "$WORK/ext.yaml" --set model.vocab_size=$pieces >"$WORK/stage2.log" 2>&1 || { tail "$WORK/stage2.log"; die "stage 2"; }
 grep -q "resumed from .*step-00000002 at step 2" "$WORK/stage2.log" || die "stage 2 did not resume stage 1"
+
+# 3b. The same two stages on 2 ranks (stage 1 under ZeRO-3: every rank reads only its partition
+# of the grown embedding and head, frozen layers whole; stage 2 under ZeRO-2, resumed) give the
+# single process's losses.
+mpirun -np 2 "$KILN" train "$WORK/ext.yaml" --set train.run_dir="$WORK/run-mp" --set model.vocab_size=$pieces \
+  --set 'train.trainable=[embed_tokens, lm_head]' --set parallel.zero=3 --exit-after 2 >"$WORK/mp1.log" 2>&1 \
+  || { tail "$WORK/mp1.log"; die "stage 1 on 2 ranks"; }
+mpirun -np 2 "$KILN" train "$WORK/ext.yaml" --set train.run_dir="$WORK/run-mp" --set model.vocab_size=$pieces \
+  --set parallel.zero=2 >"$WORK/mp2.log" 2>&1 || { tail "$WORK/mp2.log"; die "stage 2 on 2 ranks"; }
+losses "$WORK/run" >"$WORK/one.losses"
+losses "$WORK/run-mp" >"$WORK/two.losses"
+close "$WORK/one.losses" "$WORK/two.losses" 1e-5 || die "2 ranks (ZeRO-3 then ZeRO-2) differ from one process"
 
 # 4. Export; transformers loads weights and tokenizer, logits and continuations equal kiln's.
 "$KILN" export "$WORK/run" --out "$WORK/hf" >/dev/null 2>&1 || die "export"
