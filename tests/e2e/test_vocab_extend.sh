@@ -67,6 +67,18 @@ close "$WORK/one.losses" "$WORK/two.losses" 1e-5 || die "2 ranks (ZeRO-3 then Ze
   2>/dev/null || die "kiln logits"
 "$py" "$ROOT/tests/e2e/export_parity.py" check "$WORK/hf" "$WORK/ext.logits" >/dev/null 2>&1 \
   || "$py" "$ROOT/tests/e2e/export_parity.py" check "$WORK/hf" "$WORK/ext.logits" || die "logits parity"
+# The HF fixtures (untied and tied) grown from 96 to 2000 rows and written back: transformers
+# loads vocab 2000 and its logits equal kiln's.
+for src in llama_linear llama_dynamic_tied; do
+  printf 'model: {init_from: "hf:%s", vocab_size: 2000}\ndata: {seq_len: 16}\ntrain: {run_dir: %s}\n' \
+    "$ROOT/tests/fixtures/hf/$src" "$WORK/none-$src" >"$WORK/$src.yaml"
+  "$ROOT/build/kiln_test_logits" "$WORK/$src.yaml" --out "$WORK/$src.logits" --export "$WORK/grown-$src" \
+    2>/dev/null || die "grow + export $src"
+  "$py" -c 'import json,sys; v=json.load(open(sys.argv[1]))["vocab_size"]; assert v == 2000, v' \
+    "$WORK/grown-$src/config.json" || die "$src: exported vocab_size"
+  "$py" "$ROOT/tests/e2e/export_parity.py" check "$WORK/grown-$src" "$WORK/$src.logits" || die "$src grown to 2000: logits"
+done
+
 prompt="今天天气很好，"
 ours=$("$KILN" generate "$WORK/ext.yaml" --set model.vocab_size=$pieces --prompt "$prompt" \
   --set generate.max_new_tokens=10 2>/dev/null) || die "generate"
