@@ -41,14 +41,14 @@ TEST(Baichuan, PositionAndHeadComeFromTheModelClass) {
   json b13 = baichuan(4096, 64000);
   b13["model_max_length"] = 4096;
   ModelConfig c = read_hf_config(config_dir(dir, "b13", b13));
-  EXPECT_EQ(c.position, "alibi");
+  EXPECT_EQ(c.position, Position::alibi);
   EXPECT_FALSE(c.norm_head);
   // Baichuan2-13B with an extended vocabulary: still NormHead (its config class has z_loss_weight).
   json b2 = b13;
   b2["vocab_size"] = 130000;
   b2["z_loss_weight"] = 0;
   c = read_hf_config(config_dir(dir, "b2_13", b2));
-  EXPECT_EQ(c.position, "alibi");
+  EXPECT_EQ(c.position, Position::alibi);
   EXPECT_TRUE(c.norm_head);
   EXPECT_EQ(c.vocab_size, 130000);
   // Baichuan2-7B: RoPE up to max_position_embeddings, NormHead.
@@ -57,14 +57,14 @@ TEST(Baichuan, PositionAndHeadComeFromTheModelClass) {
   b2_7["model_max_length"] = 4096;
   b2_7["z_loss_weight"] = 0;
   c = read_hf_config(config_dir(dir, "b2_7", b2_7));
-  EXPECT_EQ(c.position, "rope");
+  EXPECT_EQ(c.position, Position::rope);
   EXPECT_TRUE(c.norm_head);
   // Baichuan-7B's own class name means RoPE, even without max_position_embeddings.
   json b7 = baichuan(5120, 64000);
   b7["model_max_length"] = 4096;
   b7["architectures"] = {"BaiChuanForCausalLM"};
   c = read_hf_config(config_dir(dir, "b7", b7));
-  EXPECT_EQ(c.position, "rope");
+  EXPECT_EQ(c.position, Position::rope);
   EXPECT_FALSE(c.norm_head);
   // Rotary buffers in the checkpoint mean RoPE too.
   json tensors_say = baichuan(32, 64);
@@ -72,13 +72,13 @@ TEST(Baichuan, PositionAndHeadComeFromTheModelClass) {
   const std::string d = config_dir(dir, "inv_freq", tensors_say);
   write_safetensors(d + "/model.safetensors",
                     {{"model.layers.0.self_attn.rotary_emb.inv_freq", torch::ones({2})}});
-  EXPECT_EQ(read_hf_config(d).position, "rope");
+  EXPECT_EQ(read_hf_config(d).position, Position::rope);
   // kiln's own keys (what kiln export writes) win over the class rules.
   json own = b13;
   own["position"] = "rope";
   own["norm_head"] = true;
   c = read_hf_config(config_dir(dir, "own", own));
-  EXPECT_EQ(c.position, "rope");
+  EXPECT_EQ(c.position, Position::rope);
   EXPECT_TRUE(c.norm_head);
   // A Llama never gets either.
   json llama = baichuan(64, 96);
@@ -86,7 +86,7 @@ TEST(Baichuan, PositionAndHeadComeFromTheModelClass) {
   llama["max_position_embeddings"] = 64;
   llama["z_loss_weight"] = 0;
   c = read_hf_config(config_dir(dir, "llama", llama));
-  EXPECT_EQ(c.position, "rope");
+  EXPECT_EQ(c.position, Position::rope);
   EXPECT_FALSE(c.norm_head);
 }
 
@@ -98,7 +98,7 @@ TEST(Baichuan, ModelKeysComeFromInitFromAndExportWritesThemBack) {
   const std::string d = config_dir(dir, "b2", b2);
   Config cfg = parse_config(str("model: {init_from: 'hf:", d, "'}\n"), dir / "cfg.yaml");
   EXPECT_TRUE(cfg.model.norm_head);
-  EXPECT_EQ(cfg.model.arch, "baichuan");
+  EXPECT_EQ(cfg.model.arch, Arch::baichuan);
   Config off = parse_config(str("model: {init_from: 'hf:", d, "', norm_head: false}\n"), dir / "cfg.yaml");
   EXPECT_FALSE(off.model.norm_head);  // a key written in the YAML wins
 
