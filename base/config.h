@@ -105,6 +105,8 @@ struct TrainConfig {
   Offload optimizer_offload = Offload::none;
   DeviceChoice device = DeviceChoice::automatic;
   int64_t threads = 0;                     // CPU intra-op threads, 0 = torch default
+  std::vector<std::string> trainable = {"*"};  // parameter-name patterns (trainer/trainable.h)
+  bool trainable_new_rows_only = false;        // embedding/head: only rows beyond init_from's
   std::string tensorboard = "auto";        // event files: auto (RUN_DIR/tb) | none | DIR
 };
 

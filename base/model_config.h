@@ -48,6 +48,18 @@ struct ModelConfig {
   double norm_eps = 1e-5;
   double init_std = 0.02;
   std::string init_from = "none";  // none | hf:DIR | ckpt:DIR
+  // Vocabulary growth and padding (models/vocab_resize.h): rows a checkpoint lacks start as
+  // vocab_init says; the embedding and head have padded_vocab() rows, the last
+  // padded_vocab() - vocab_size of them padding that is never predicted.
+  std::string vocab_init = "mean";  // mean | mean_cov | zeros
+  int64_t vocab_pad_to = 1;         // rows rounded up to a multiple (Megatron's make-vocab-size-divisible-by)
+  // Baichuan2's NormHead: logits from the L2-normalised rows of the head, in every forward.
+  bool norm_head = false;
+
+  int64_t padded_vocab() const {
+    const int64_t m = vocab_pad_to > 0 ? vocab_pad_to : 1;
+    return (vocab_size + m - 1) / m * m;
+  }
 
   int64_t kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
   int64_t head_dim() const { return hidden_size / num_heads; }

@@ -7,6 +7,7 @@
 
 #include "data/prep.h"
 #include "base/error.h"
+#include "data/vocab_check.h"
 
 namespace kiln {
 
@@ -26,7 +27,8 @@ void from_json(const nlohmann::json& j, LoaderState& s) {
   s.source_tokens = j.at("source_tokens").get<std::vector<int64_t>>();
 }
 
-Batch make_batch(const TokenStore& store, const std::vector<Row>& rows, int64_t seq_len, int32_t pad_id) {
+Batch make_batch(const TokenStore& store, const std::vector<Row>& rows, int64_t seq_len, int32_t pad_id,
+                 int64_t vocab_size) {
   const int64_t B = static_cast<int64_t>(rows.size()), T = seq_len;
   Batch b;
   b.input_ids = at::empty({B, T}, at::kLong);     // (B, T)
@@ -46,6 +48,12 @@ Batch make_batch(const TokenStore& store, const std::vector<Row>& rows, int64_t 
       KILN_CHECK(t + p.length - 1 <= end, "row overflows seq_len ", T);
       const int32_t* tok = src.doc_tokens(p.doc) + p.offset;
       const uint8_t* mask = src.doc_mask(p.doc) + p.offset;
+      if (vocab_size > 0)
+        for (int64_t k = 0; k < p.length; ++k)
+          if (tok[k] < 0 || tok[k] >= vocab_size)
+            user_error(store.dir(), ": source '", src.name, "' document ", p.doc, " holds token id ", tok[k],
+                       ", outside the model's vocabulary [0, ", vocab_size,
+                       ") (model.vocab_size); prepare the data with the model's tokenizer");
       for (int64_t k = 0; k + 1 < p.length; ++k, ++t) {
         in[t] = tok[k];
         lab[t] = mask[k + 1] ? tok[k + 1] : kIgnoreIndex;
@@ -115,6 +123,7 @@ DataLoader::DataLoader(const Config& cfg, int64_t dp_rank, int64_t dp_size, int6
   if (cfg.data.mixture.empty())
     user_error("data.mixture: required (a data.json, a .jsonl or a `kiln prep` dir)");
   store_ = std::make_unique<TokenStore>(ensure_prepared(cfg, cfg.data.mixture));
+  check_vocab_fits(store_->vocab_size(), store_->dir() + "/manifest.json", cfg.model);
   lengths_ = std::make_shared<const SampleLengths>(doc_lengths(*store_));
   for (const auto& s : store_->sources()) {
     names_.push_back(s.name);
@@ -162,7 +171,7 @@ void DataLoader::produce(LoaderState cur) {
       std::vector<Row> rows;
       for (int64_t i = 0; i < micro_batch_; ++i) rows.push_back(stream.next());
       Item item;
-      item.batch = make_batch(*store_, rows, cfg_.data.seq_len, pad_id_);
+      item.batch = make_batch(*store_, rows, cfg_.data.seq_len, pad_id_, cfg_.model.vocab_size);
       for (const Row& row : rows)
         for (const Piece& p : row) item.real_positions += p.length - 1;
       if (++cur.micro == micro_per_step_) {  // the step is done: the next position is its end
@@ -273,6 +282,8 @@ EvalLoader::EvalLoader(const Config& cfg, int64_t dp_rank, int64_t dp_size)
   if (cfg.data.eval.empty()) user_error("data.eval: not set (a data.json, a .jsonl or a `kiln prep` dir)");
   if (seq_len_ < 1) user_error("data.seq_len: ", seq_len_, " must be >= 1");
   store_ = std::make_unique<TokenStore>(ensure_prepared(cfg, cfg.data.eval));
+  check_vocab_fits(store_->vocab_size(), store_->dir() + "/manifest.json", cfg.model);
+  vocab_size_ = cfg.model.vocab_size;
   pad_id_ = store_->pad_id();
   // Every sample in store order, up to eval_samples (over-long ones split, truncated or dropped
   // as in training); packed next-fit so the order is kept.
@@ -305,7 +316,7 @@ bool EvalLoader::next(Batch& out) {
     rows.push_back(g < static_cast<int64_t>(rows_.size()) ? rows_[g] : Row{});
   }
   cursor_ += dp_ * micro_batch_;
-  out = make_batch(*store_, rows, seq_len_, pad_id_);
+  out = make_batch(*store_, rows, seq_len_, pad_id_, vocab_size_);
   return true;
 }
 

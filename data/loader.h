@@ -42,7 +42,10 @@ void from_json(const nlohmann::json& j, LoaderState& s);
 // Rows -> a Batch of `rows.size()` rows (an empty Row is all padding) of seq_len positions.
 // Each piece of n tokens gives n-1 (input, label) pairs; labels are kIgnoreIndex where the
 // label token's mask bit is 0; position ids restart at 0 for every piece and for the padding.
-Batch make_batch(const TokenStore& store, const std::vector<Row>& rows, int64_t seq_len, int32_t pad_id);
+// With vocab_size > 0, a token id outside [0, vocab_size) is a UserError naming the store,
+// the source and the document.
+Batch make_batch(const TokenStore& store, const std::vector<Row>& rows, int64_t seq_len, int32_t pad_id,
+                 int64_t vocab_size = 0);
 
 // data.loss_average: sample. Per-token loss weights for a mean over samples instead of over
 // tokens: weights (B, T) float32 is 1/(trained labels of that sample) where the label is
@@ -116,6 +119,7 @@ class EvalLoader {
   int64_t rank_, dp_, micro_batch_, seq_len_;
   std::unique_ptr<TokenStore> store_;
   int32_t pad_id_ = 0;
+  int64_t vocab_size_ = 0;
   std::vector<Row> rows_;
   int64_t cursor_ = 0;  // first global row of the next eval step
 };

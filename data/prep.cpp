@@ -50,6 +50,7 @@ struct SourceJob {
   const MixtureSource* src;
   std::string format;  // resolved ("auto" is detected from the first line)
   std::unique_ptr<SampleEncoder> encoder;
+  int64_t vocab = 0;  // the tokenizer's pieces: every id written is below it
 };
 
 void process_line(const std::string& line, const SourceJob& job, LineResult& r) {
@@ -235,6 +236,8 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool,
         }
         for (const Piece& p : pieces) lengths.push_back(p.length - 1);
       }
+      for (int32_t id : t)  // templates add special ids by name; every id must be the tokenizer's
+        KILN_CHECK(id >= 0 && id < job.vocab, src.path, ": token id ", id, " outside [0, ", job.vocab, ")");
       writer.append(t, r.sample.mask);
     }
     progress.update(src.name, bytes_done, tokens_done + tokens);
@@ -366,6 +369,7 @@ json run_prep(const PrepOptions& opt) {
         tok,
         chat_template(tmpl, opt.custom_template, s.chat_template.empty() ? "template" : where + " template"),
         loss);
+    job.vocab = tok.vocab_size();
     total_bytes += static_cast<int64_t>(fs::file_size(s.path));
     jobs.push_back(std::move(job));
   }

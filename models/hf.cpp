@@ -10,7 +10,9 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "models/lm_head.h"
 #include "models/safetensors.h"
+#include "models/vocab_resize.h"
 #include "models/weight_source.h"
 #include "base/error.h"
 #include "base/file_io.h"
@@ -185,6 +187,8 @@ json hf_config_json(const ModelConfig& cfg, const std::string& dtype) {
               {"rope_theta", cfg.rope_theta},
               {"rope_scaling", rope},
               {"tie_word_embeddings", cfg.tie_embeddings},
+              {"position", name_of(cfg.position)},  // kiln's keys, read back by read_hf_config
+              {"norm_head", cfg.norm_head},  // (lm_head.weight holds the normalised rows)
               {"hidden_act", "silu"},
               {"attention_bias", false},
               {"attention_dropout", 0.0},
@@ -192,6 +196,51 @@ json hf_config_json(const ModelConfig& cfg, const std::string& dtype) {
               {"initializer_range", cfg.init_std},
               {"use_cache", true},
               {"torch_dtype", dtype}};
+}
+
+// Position encoding and head of a checkpoint, from what its config and tensors say. kiln's own
+// keys (`position`, `norm_head`, written by `kiln export`) win. Otherwise Baichuan's model
+// classes decide, as its modeling code does per class:
+//   - the 7B classes (Baichuan-7B's BaiChuanForCausalLM, Baichuan2-7B) build rotary embeddings
+//     up to max_position_embeddings, and their checkpoints may hold rotary_emb.inv_freq buffers;
+//   - the 13B classes (Baichuan-13B, Baichuan2-13B) build ALiBi up to model_max_length and have
+//     no max_position_embeddings at all;
+//   - Baichuan2 (its config class carries z_loss_weight; Baichuan 1's does not) uses NormHead.
+// So a pruned 13B keeps ALiBi and a Baichuan2 with an extended vocabulary keeps NormHead.
+void read_baichuan_variant(const json& j, const std::string& dir, ModelConfig& cfg) {
+  const std::string path = dir + "/config.json";
+  ConfigReader c(j, path);
+  cfg.position = Position::rope;
+  cfg.norm_head = false;
+  if (cfg.arch == Arch::baichuan) {
+    bool rope = c.has("max_position_embeddings");
+    if (c.has("architectures") && j["architectures"].is_array())
+      for (const auto& a : j["architectures"])
+        if (a == "BaiChuanForCausalLM") rope = true;  // Baichuan-7B's class name
+    if (!rope && (fs::is_regular_file(dir + "/model.safetensors") ||
+                  fs::is_regular_file(dir + "/model.safetensors.index.json"))) {
+      HfWeights w(dir);
+      for (const std::string& name : w.names())
+        if (ends_with(name, "rotary_emb.inv_freq")) rope = true;
+    }
+    cfg.position = rope ? Position::rope : Position::alibi;
+    cfg.norm_head = c.has("z_loss_weight");
+  }
+  if (c.has("position")) {
+    const std::string position = c.string("position");
+    if (!parse_choice(position, &cfg.position))
+      user_error(path, ": key 'position' is '", position, "' (valid: rope, alibi)");
+  }
+  cfg.norm_head = c.boolean("norm_head", cfg.norm_head);
+}
+
+// What an export writes for `name`: the real vocabulary only (model.vocab_pad_to's padding rows
+// dropped) and, under NormHead, the head's rows normalised, so LlamaForCausalLM's plain head
+// gives kiln's logits.
+at::Tensor export_tensor(const std::string& name, at::Tensor t, const ModelConfig& cfg) {
+  if (is_vocab_tensor(name) && t.dim() == 2 && t.size(0) > cfg.vocab_size) t = t.narrow(0, 0, cfg.vocab_size);
+  if (name == "lm_head.weight" && cfg.norm_head) t = effective_head_weight(t.to(at::kFloat), cfg).to(t.scalar_type());
+  return t.contiguous();
 }
 
 }  // namespace
@@ -223,8 +272,7 @@ ModelConfig read_hf_config(const std::string& dir) {
   cfg.norm_eps = c.number("rms_norm_eps", 1e-6);
   cfg.tie_embeddings = c.boolean("tie_word_embeddings", false);
   cfg.init_std = c.number("initializer_range", 0.02);
-  // Baichuan-13B and Baichuan2-13B (hidden 5120) use ALiBi, the 7B models RoPE.
-  cfg.position = (cfg.arch == Arch::baichuan && cfg.hidden_size == 5120) ? Position::alibi : Position::rope;
+  read_baichuan_variant(j, dir, cfg);
   read_rope(j, path, cfg);
 
   if (cfg.hidden_size % cfg.num_heads != 0)
@@ -306,17 +354,6 @@ std::vector<int64_t> HfWeights::shape(const std::string& name) const {
 
 // ---------------------------------------------------------------------------------------------
 
-// Baichuan2 (model_type baichuan, vocab 125696; Baichuan 1 has 64000) computes logits with a
-// NormHead: the L2-normalised rows of lm_head.weight. kiln's plain head loads the normalised rows,
-// as the usual Baichuan2 -> Llama conversion does, so the loaded model gives the same logits.
-static bool has_norm_head(const std::string& dir) {
-  const std::string path = dir + "/config.json";
-  if (!fs::is_regular_file(path)) return false;
-  const json j = read_json(path);
-  if (!j.is_object() || !j.contains("model_type") || !j.contains("vocab_size")) return false;
-  return j["model_type"] == "baichuan" && j["vocab_size"] == 125696;
-}
-
 namespace {
 
 // An HF directory as a WeightSource: each read narrows the memory-mapped tensor to the requested
@@ -328,7 +365,7 @@ class HfSource : public WeightSource {
   // slices still refuses a directory that does not fit the model.
   HfSource(const std::string& dir, const std::vector<std::pair<std::string, std::vector<int64_t>>>& names,
            bool partial)
-      : w_(dir), norm_head_(has_norm_head(dir)) {
+      : w_(dir) {
     std::set<std::string> used;
     std::vector<std::string> missing;
     for (const auto& [name, shape] : names) {
@@ -371,13 +408,6 @@ class HfSource : public WeightSource {
     if (!at::isFloatingType(src.scalar_type()))
       user_error(from, ": tensor '", name, "': dtype ", c10::toString(src.scalar_type()),
                  " cannot be loaded into a floating-point parameter");
-    if (norm_head_ && name == "lm_head.weight") {
-      // Only the rows the range touches, each L2-normalised.
-      const int64_t cols = src.size(1), r0 = begin / cols, r1 = (end - 1) / cols + 1;
-      at::Tensor rows = src.narrow(0, r0, r1 - r0).to(at::kFloat);
-      rows = rows / rows.norm(/*p=*/2, /*dim=*/{1}, /*keepdim=*/true).clamp_min(1e-12);
-      return rows.reshape({-1}).narrow(0, begin - r0 * cols, end - begin).clone();
-    }
     return src.reshape({-1}).narrow(0, begin, end - begin).to(at::kFloat, false, /*copy=*/true);
   }
 
@@ -423,7 +453,6 @@ class HfSource : public WeightSource {
   }
 
   HfWeights w_;
-  bool norm_head_;
 };
 
 }  // namespace
@@ -474,7 +503,11 @@ void save_hf(const std::vector<std::pair<std::string, at::Tensor>>& named, const
   KILN_CHECK(named.size() == expected.size(), "save_hf: got ", named.size(), " tensors, the model has ",
              expected.size());
   std::map<std::string, at::Tensor> by_name;
-  for (const auto& [name, t] : named) {
+  for (const auto& [name, padded] : named) {
+    // The embedding and head may carry model.vocab_pad_to's padding rows: cfg.vocab_size are written.
+    const at::Tensor t = is_vocab_tensor(name) && padded.dim() == 2 && padded.size(0) > cfg.vocab_size
+                             ? padded.narrow(0, 0, cfg.vocab_size)
+                             : padded;
     auto it = want.find(name);
     KILN_CHECK(it != want.end(), "save_hf: '", name, "' is not a parameter of the model");
     KILN_CHECK(t.sizes().vec() == it->second, "save_hf: '", name, "' has shape ", shape_str(t.sizes().vec()),
@@ -535,7 +568,8 @@ void save_hf_streamed(const ModelConfig& cfg, at::ScalarType dtype,
       weight_map[expected[i].first] = file;
     }
     write_safetensors_streamed(
-        tmp + "/" + file, part, [&](size_t k) { return fetch(part[k].name).to(dtype); }, meta);
+        tmp + "/" + file, part,
+        [&](size_t k) { return export_tensor(part[k].name, fetch(part[k].name), cfg).to(dtype); }, meta);
   }
   if (shards.size() > 1) {
     json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};

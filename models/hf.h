@@ -26,8 +26,9 @@ class SafetensorsFile;
 
 // DIR/config.json -> ModelConfig. Reads both transformers layouts: rope_theta + rope_scaling
 // {type | rope_type, factor, ...} (v4) and rope_parameters {rope_type, rope_theta, ...} (v5).
-// model_type llama or baichuan (Baichuan: 13B = hidden 5120 uses ALiBi, 7B RoPE; its context is
-// model_max_length when max_position_embeddings is absent). Missing required keys, unknown rope
+// model_type llama or baichuan (Baichuan: position and NormHead decided from the model class's
+// config keys and the tensors, see hf.cpp; its context is model_max_length when
+// max_position_embeddings is absent); kiln's own `position` and `norm_head` keys win. Missing required keys, unknown rope
 // types and architectures kiln does not implement (biases, other activations, head_dim !=
 // hidden/heads) are UserErrors naming DIR/config.json and the key. init_from is left "none".
 ModelConfig read_hf_config(const std::string& dir);
@@ -57,8 +58,8 @@ class HfWeights {
 // a tensor the model needs is missing; a shape differs (both shapes given); the file holds
 // tensors the model does not use — except rotary inv_freq buffers and lm_head.weight when the
 // model ties it. With partial = true (a pipeline stage holding some layers) unused tensors are
-// allowed. Baichuan's fused W_pack (3h, h) is split into q_proj, k_proj, v_proj; Baichuan2's
-// NormHead (vocab 125696) becomes a plain head holding the L2-normalised rows of lm_head.weight.
+// allowed. Baichuan's fused W_pack (3h, h) is split into q_proj, k_proj, v_proj. Heads load raw:
+// NormHead normalises in every forward (models/lm_head.h).
 void load_hf_weights(torch::nn::Module& model, const std::string& dir, bool partial = false);
 // The same checks, as a WeightSource reading ranges of the memory-mapped files on demand (a rank
 // reads only its slices). `names`: every parameter of the model (or stage, with partial) and its
@@ -70,7 +71,10 @@ std::unique_ptr<WeightSource> hf_weight_source(const std::string& dir,
 
 // Writes an HF LlamaForCausalLM directory: config.json (model_type llama, torch_dtype of the
 // tensors) and model.safetensors, or model-0000i-of-0000n.safetensors + index when the tensors
-// exceed max_shard_bytes. `named` must be the full model (hf_parameter_shapes(cfg)). Atomic:
+// exceed max_shard_bytes. `named` must be the full model (hf_parameter_shapes(cfg); the embedding
+// and head may carry model.vocab_pad_to's padding rows: cfg.vocab_size rows are written).
+// config.json also carries kiln's `position` and `norm_head`; under norm_head the head's rows are
+// written normalised, so LlamaForCausalLM gives kiln's logits. Atomic:
 // everything goes to DIR.tmp, which is renamed to DIR; DIR must not exist or be empty.
 void save_hf(const std::vector<std::pair<std::string, at::Tensor>>& named, const ModelConfig& cfg,
              const std::string& dir, int64_t max_shard_bytes = int64_t{5} * 1000 * 1000 * 1000);

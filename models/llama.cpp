@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "models/lm_head.h"
 #include "models/ops/varlen_attention.h"
 #include "models/recompute.h"
 #include "models/weight_source.h"
@@ -189,14 +190,14 @@ LlamaImpl::LlamaImpl(const ModelConfig& cfg, LlamaBuild build) : cfg_(cfg), stag
   auto body = register_module("model", std::make_shared<torch::nn::Module>());
   if (stage_.has_embedding || (stage_.has_head && cfg.tie_embeddings))
     embed_tokens =
-        body->register_module("embed_tokens", Embedding(cfg.vocab_size, cfg.hidden_size));
+        body->register_module("embed_tokens", Embedding(cfg.padded_vocab(), cfg.hidden_size));
   auto layer_list = body->register_module("layers", std::make_shared<torch::nn::Module>());
   for (int64_t i = stage_.layer_begin; i < stage_.layer_end; ++i)
     layers.push_back(layer_list->register_module(std::to_string(i), DecoderLayer(cfg, i, make)));
   if (stage_.has_head) {
     norm = body->register_module("norm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
     if (!cfg.tie_embeddings)
-      lm_head = register_module("lm_head", make({"lm_head", -1, cfg.hidden_size, cfg.vocab_size, ShardDim::Out}));
+      lm_head = register_module("lm_head", make({"lm_head", -1, cfg.hidden_size, cfg.padded_vocab(), ShardDim::Out}));
   }
   // Without a meta build: the random init of the torch seed, at once (tests, small tools).
   if (!build.meta) reset_parameters();
@@ -295,8 +296,8 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
 at::Tensor LlamaImpl::forward(const Batch& batch, const at::Tensor& hidden_in) {
   return run_units(batch, hidden_in, [this](const at::Tensor& in) {
     at::Tensor h = norm(in);
-    at::Tensor logits = lm_head ? lm_head(h) : at::linear(h, embed_tokens->weight);
-    return logits.to(at::kFloat);  // (B, T, V)
+    // (B, T, V) fp32; NormHead and vocabulary padding in models/lm_head.h
+    return lm_head ? head_logits(h, lm_head, cfg_) : head_logits(h, embed_tokens->weight, cfg_);
   });
 }
 
@@ -305,7 +306,7 @@ at::Tensor LlamaImpl::forward_loss(const Batch& batch, const at::Tensor& token_w
   at::Tensor labels = batch.labels, weights = token_weights;
   return run_units(batch, hidden_in, [this, labels, weights](const at::Tensor& in) {
     at::Tensor h = norm(in);
-    at::Tensor logits = lm_head ? lm_head(h) : at::linear(h, embed_tokens->weight);
+    at::Tensor logits = lm_head ? head_logits(h, lm_head, cfg_) : head_logits(h, embed_tokens->weight, cfg_);
     return weights.defined() ? lm_loss_weighted_sum(logits, labels, weights) : lm_loss_sum(logits, labels);
   });
 }

@@ -129,6 +129,11 @@ struct ZeroOptimizer::Impl {
     }
   }
 
+  // AdamWOptions::frozen_leading of p (0: none held fixed).
+  int64_t frozen_leading(const Param& p) const {
+    auto it = hyper.frozen_leading.find(p.name);
+    return it == hyper.frozen_leading.end() ? 0 : std::min(it->second, p.numel);
+  }
   // The part of parameter p inside [lo, hi) of its group's flat space, in p's own flat index.
   static std::pair<int64_t, int64_t> part(const Param& p, int64_t lo, int64_t hi) {
     return {std::max(p.offset, lo) - p.offset, std::min(p.offset + p.numel, hi) - p.offset};
@@ -171,6 +176,8 @@ struct ZeroOptimizer::Impl {
         const auto [a, b] = kept(p, G);
         if (a >= b) continue;
         if (p.decay) decay_mask.narrow(0, local_index(p, G, a), b - a).fill_(1.0);
+        if (const int64_t lead = frozen_leading(p); a < lead)  // held-fixed rows: no decay
+          decay_mask.narrow(0, local_index(p, G, a), std::min(b, lead) - a).zero_();
         if (source) continue;  // read below
         master.narrow(0, local_index(p, G, a), b - a)
             .copy_(p.tensor.detach().reshape({-1}).narrow(0, a, b - a).to(at::kCPU, at::kFloat));
@@ -247,6 +254,7 @@ struct ZeroOptimizer::Impl {
       Param& p = params[i];
       const at::Tensor& g = p.tensor.grad();
       if (g.defined()) flat.narrow(0, p.offset, p.numel).copy_(g.reshape({-1}));
+      if (const int64_t lead = frozen_leading(p)) flat.narrow(0, p.offset, lead).zero_();
       if (clear) p.tensor.mutable_grad() = at::Tensor();
     }
     return flat;
@@ -341,6 +349,7 @@ struct ZeroOptimizer::Impl {
         Param& p = params[i];
         const at::Tensor& pg = p.tensor.grad();
         if (pg.defined()) flat.narrow(0, p.offset, p.numel).copy_(pg.reshape({-1}));
+        if (const int64_t lead = frozen_leading(p)) flat.narrow(0, p.offset, lead).zero_();
         p.tensor.mutable_grad() = at::Tensor();
       }
       at::Tensor mine = at::empty({G.shard}, compute.options());

@@ -25,6 +25,7 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -43,6 +44,11 @@ struct AdamWOptions {
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;
+  // Parameter name -> its leading elements held fixed: their gradient is zeroed before any
+  // reduction and they get no weight decay, so they stay bit for bit (train.trainable_new_rows_only:
+  // the old rows of an extended embedding or head). Parameters that do not require grad are not
+  // in the optimizer at all.
+  std::map<std::string, int64_t> frozen_leading;
 };
 
 // One AdamW update of a flat fp32 shard, in torch.optim.AdamW's order: decoupled weight decay

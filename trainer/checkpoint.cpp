@@ -467,6 +467,14 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(con
   return out;
 }
 
+std::vector<std::string> checkpoint_trained(const std::string& dir) {
+  const json js = parse_state_json(dir);
+  std::vector<std::string> out;
+  if (js.contains("trained"))
+    for (const auto& t : js["trained"]) out.push_back(t.get<std::string>());
+  return out;
+}
+
 std::unique_ptr<WeightSource> checkpoint_state_source(const std::string& dir) {
   return std::make_unique<CheckpointSource>(dir, /*weights=*/false);
 }

@@ -84,6 +84,8 @@ std::string resolve_checkpoint(const std::string& run_or_checkpoint_dir);
 CheckpointState read_checkpoint_state(const std::string& dir);
 // The global tensors and their shapes recorded in state.json.
 std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(const std::string& dir);
+// The names of the tensors that had optimizer state (master and moments) in state.json's "trained".
+std::vector<std::string> checkpoint_trained(const std::string& dir);
 // The checkpoint's slices as a WeightSource for "master/NAME", "exp_avg/NAME", "exp_avg_sq/NAME"
 // and "weight/NAME" (files mapped, only overlapping slices read).
 std::unique_ptr<WeightSource> checkpoint_state_source(const std::string& dir);

@@ -243,7 +243,7 @@ std::vector<Key> schema(Config& cfg) {
   GenerateConfig& g = cfg.generate;
   std::vector<Key> keys = {
       enum_key("model.arch", &m.arch, "architecture"),
-      int_key("model.vocab_size", &m.vocab_size, 1, kMax, "vocabulary size (tokenizer's when larger)"),
+      int_key("model.vocab_size", &m.vocab_size, 1, kMax, "vocabulary size (at least the tokenizer's; larger than init_from's grows it)"),
       int_key("model.hidden_size", &m.hidden_size, 1, kMax, "model width"),
       int_key("model.num_layers", &m.num_layers, 1, kMax, "decoder layers"),
       int_key("model.num_heads", &m.num_heads, 1, kMax, "attention heads"),
@@ -263,6 +263,12 @@ std::vector<Key> schema(Config& cfg) {
       num_key("model.rope_scaling.high_freq_factor", &m.rope_scaling.high_freq_factor, 0, 1e6,
               "llama3 scaling", true),
       enum_key("model.position", &m.position, "position encoding"),
+      bool_key("model.norm_head", &m.norm_head,
+               "Baichuan2 NormHead: logits from the head's L2-normalised rows, every forward"),
+      int_key("model.vocab_pad_to", &m.vocab_pad_to, 1, 1 << 20,
+              "embedding/head rows padded to a multiple of this; padding is never predicted"),
+      choice_key("model.vocab_init", &m.vocab_init, {"mean", "mean_cov", "zeros"},
+                 "rows added when model.vocab_size exceeds init_from's: mean of old rows, + covariance noise"),
       bool_key("model.tie_embeddings", &m.tie_embeddings, "share input embedding and LM head"),
       num_key("model.norm_eps", &m.norm_eps, 0, 1, "RMSNorm epsilon", true),
       num_key("model.init_std", &m.init_std, 0, 10, "std of the random init", true),
@@ -375,6 +381,10 @@ std::vector<Key> schema(Config& cfg) {
       enum_key("train.optimizer_offload", &t.optimizer_offload, "keep optimizer state on the host"),
       enum_key("train.device", &t.device, "where to compute"),
       int_key("train.threads", &t.threads, 0, 1024, "CPU threads, 0 = torch default"),
+      string_list_key("train.trainable", &t.trainable,
+                      "parameter-name patterns that train (substring, or glob with *); others frozen"),
+      bool_key("train.trainable_new_rows_only", &t.trainable_new_rows_only,
+               "embed_tokens/lm_head train only the rows beyond model.init_from's vocabulary"),
       string_key("train.tensorboard", &t.tensorboard,
                  "TensorBoard event files: auto (RUN_DIR/tb) | none | DIR"),
       int_key("parallel.tp", &p.tp, 1, 1024, "tensor-parallel size"),
@@ -578,6 +588,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
   if (m.position == Position::rope && m.head_dim() % 2 != 0)
     user_error(source_name, ": model.hidden_size / model.num_heads must be even for RoPE (is ", m.head_dim(),
                ")");
+  if (m.norm_head && m.tie_embeddings)
+    user_error(source_name, ": model.norm_head needs an untied head (model.tie_embeddings: false)");
   if (cfg.data.seq_len > m.max_seq_len)
     user_error(source_name, ": data.seq_len (", cfg.data.seq_len, ") exceeds model.max_seq_len (",
                m.max_seq_len, ")");

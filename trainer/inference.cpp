@@ -6,6 +6,7 @@
 
 #include "data/loader.h"
 #include "data/tokenizer.h"
+#include "data/vocab_check.h"
 #include "models/llama.h"
 #include "parallel/communicator.h"
 #include "base/error.h"
@@ -49,6 +50,7 @@ EvalResult evaluate(const Config& cfg) {
 std::string generate_text(const Config& cfg, const std::string& prompt) {
   if (cfg.tokenizer.empty()) user_error("tokenizer: not set; generate needs the sentencepiece model");
   Tokenizer tok(cfg.tokenizer);
+  check_vocab_fits(tok.vocab_size(), cfg.tokenizer, cfg.model);
   ComputeSetup setup = compute_setup(cfg);
   std::string from;
   Llama model = build_model(cfg, /*prefer_run_dir=*/true, &from);
@@ -73,6 +75,8 @@ std::string generate_text(const Config& cfg, const std::string& prompt) {
     b.position_ids = at::arange(T, at::kLong).view({1, T}).to(setup.device);
     b.labels = at::full({1, T}, kIgnoreIndex, at::kLong).to(setup.device);
     at::Tensor logits = model->forward(b).select(1, T - 1).squeeze(0).to(at::kFloat).cpu();  // (V)
+    // Rows the tokenizer has no piece for (a model grown past it, padding) are never generated.
+    logits = logits.narrow(0, 0, std::min<int64_t>(logits.size(0), tok.vocab_size()));
     int64_t next;
     if (g.temperature <= 0) {
       next = logits.argmax().item<int64_t>();

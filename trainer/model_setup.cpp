@@ -11,6 +11,7 @@
 #include "trainer/checkpoint.h"
 #include "base/error.h"
 #include "trainer/run_dir.h"
+#include "trainer/vocab_setup.h"
 
 namespace fs = std::filesystem;
 
@@ -41,10 +42,14 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const
 
 std::unique_ptr<WeightSource> initial_weights(const Config& cfg, const LlamaImpl& model) {
   const std::string& init = cfg.model.init_from;
-  if (init.rfind("hf:", 0) == 0) return hf_weight_source(init.substr(3), parameter_shapes(model));
+  // Vocabulary growth hook (trainer/vocab_setup.h): a checkpoint with fewer embedding/head rows
+  // than model.vocab_size is served grown; otherwise these are the plain sources.
+  const uint64_t seed = static_cast<uint64_t>(cfg.train.seed);
+  if (init.rfind("hf:", 0) == 0)
+    return hf_source_with_vocab_growth(init.substr(3), parameter_shapes(model), cfg.model, seed);
   if (init.rfind("ckpt:", 0) == 0) {
     const std::string dir = resolve_checkpoint(init.substr(5));
-    return checkpoint_weights_source(dir);
+    return checkpoint_source_with_vocab_growth(dir, parameter_shapes(model), cfg.model, seed);
   }
   return random_init_source(cfg.model, static_cast<uint64_t>(cfg.train.seed));
 }

@@ -3,7 +3,9 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <filesystem>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -12,6 +14,8 @@
 #include "data/prep.h"
 #include "data/sample_format.h"
 #include "data/tokenizer.h"
+#include "data/tokenizer_extend.h"
+#include "base/file_io.h"
 #include "trainer/cli.h"
 #include "base/error.h"
 
@@ -86,41 +90,11 @@ int cmd_prep(int argc, char** argv) {
   return 0;
 }
 
-int cmd_tokenizer(int argc, char** argv) {
-  static const char* usage =
-      "usage: kiln tokenizer train --input FILE[,FILE...] --out PREFIX [--vocab-size N (2000)]\n"
-      "                            [--model-type bpe|unigram|char|word] [--character-coverage C (0.9995)]\n"
-      "                            [--max-sentences N (200000)] [--threads N (2)]\n"
-      "  Trains a sentencepiece model (PREFIX.model, PREFIX.vocab) on JSONL (text fields) or text\n"
-      "  files, with the special pieces of every built-in chat template defined.\n";
-  const bool help = argc >= 3 && (!std::strcmp(argv[2], "--help") || !std::strcmp(argv[2], "-h"));
-  if (help) {
-    std::printf("%s", usage);
-    return 0;
-  }
-  if (argc < 3 || std::strcmp(argv[2], "train") != 0)
-    user_error("tokenizer: expected `kiln tokenizer train --input FILE[,FILE] --out PREFIX --vocab-size N`");
-  const Args o = parse_args(
-      argc, argv, 3,
-      {"input", "out", "vocab-size", "model-type", "max-sentences", "threads", "character-coverage"}, {});
-  if (o.help) {
-    std::printf("%s", usage);
-    return 0;
-  }
-  TokenizerTrainOptions opt;
-  opt.out_prefix = o.get("out");
-  opt.vocab_size = o.get_int("vocab-size", 2000);
-  opt.model_type = o.get("model-type", "bpe");
-  opt.max_sentences = o.get_int("max-sentences", 200000);
-  opt.threads = o.get_int("threads", 2);
-  const std::string coverage = o.get("character-coverage", "0.9995");
-  char* end = nullptr;
-  opt.character_coverage = std::strtod(coverage.c_str(), &end);
-  if (coverage.empty() || *end != '\0' || !(opt.character_coverage > 0 && opt.character_coverage <= 1))
-    user_error("--character-coverage: expected a number in (0, 1], got '", coverage, "'");
-  const std::string inputs = o.get("input");
-  if (inputs.empty() || opt.out_prefix.empty())
-    user_error("tokenizer train: --input FILE[,FILE] and --out PREFIX are required");
+namespace {
+
+// The text of FILE[,FILE...]: one sentence per non-blank line of a text file, the text fields of
+// each line of a .jsonl file.
+std::vector<std::string> read_sentences(const std::string& inputs) {
   std::vector<std::string> sentences;
   size_t start = 0;
   while (start <= inputs.size()) {
@@ -151,17 +125,154 @@ int cmd_tokenizer(int argc, char** argv) {
       collect_text(j, sentences);
     }
   }
-  // sentencepiece samples input_sentence_size of them; cap what we hold in memory first.
-  const size_t cap = static_cast<size_t>(std::max<int64_t>(opt.max_sentences, 1)) * 4;
-  if (sentences.size() > cap) {
-    std::vector<int64_t> idx(sentences.size());
-    for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int64_t>(i);
-    auto rng = make_rng(1234, 0, 0);
-    shuffle(idx, rng);
-    std::vector<std::string> kept;
-    for (size_t i = 0; i < cap; ++i) kept.push_back(std::move(sentences[idx[i]]));
-    sentences = std::move(kept);
+  return sentences;
+}
+
+// At most `cap` of `sentences`, drawn with a fixed seed.
+void sample_sentences(std::vector<std::string>& sentences, size_t cap) {
+  if (sentences.size() <= cap) return;
+  std::vector<int64_t> idx(sentences.size());
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int64_t>(i);
+  auto rng = make_rng(1234, 0, 0);
+  shuffle(idx, rng);
+  std::vector<std::string> kept;
+  for (size_t i = 0; i < cap; ++i) kept.push_back(std::move(sentences[idx[i]]));
+  sentences = std::move(kept);
+}
+
+double parse_coverage(const std::string& coverage) {
+  char* end = nullptr;
+  const double c = std::strtod(coverage.c_str(), &end);
+  if (coverage.empty() || *end != '\0' || !(c > 0 && c <= 1))
+    user_error("--character-coverage: expected a number in (0, 1], got '", coverage, "'");
+  return c;
+}
+
+// Tokens per character (UTF-8 code points) of `tok` over `sample`.
+double tokens_per_char(const Tokenizer& tok, const std::vector<std::string>& sample) {
+  int64_t tokens = 0, chars = 0;
+  for (const std::string& s : sample) {
+    tokens += static_cast<int64_t>(tok.encode(s).size());
+    for (unsigned char c : s) chars += (c & 0xC0) != 0x80;
   }
+  return chars > 0 ? static_cast<double>(tokens) / static_cast<double>(chars) : 0.0;
+}
+
+const char* kTokenizerUsage =
+    "usage: kiln tokenizer train --input FILE[,FILE...] --out PREFIX [--vocab-size N (2000)]\n"
+    "                            [--model-type bpe|unigram|char|word] [--character-coverage C (0.9995)]\n"
+    "                            [--max-sentences N (200000)] [--threads N (2)]\n"
+    "  Trains a sentencepiece model (PREFIX.model, PREFIX.vocab) on JSONL (text fields) or text\n"
+    "  files, with the special pieces of every built-in chat template defined.\n"
+    "usage: kiln tokenizer extend --base BASE.model (--add EXTRA.model | --input FILE[,FILE...]\n"
+    "                             --vocab-size N) --out NEW.model [--character-coverage C (1.0)]\n"
+    "                             [--max-sentences N (200000)] [--threads N (2)]\n"
+    "  NEW.model = BASE.model with the pieces of EXTRA.model (or of a BPE model of N pieces trained\n"
+    "  on FILES) that it lacks appended: every base piece keeps its id and score, new pieces rank\n"
+    "  below every base piece, duplicates and the other model's control/byte pieces are skipped.\n"
+    "  Prints how many pieces were added and the tokens per character before and after on a\n"
+    "  sample of FILES (given with --add too, FILES are only the sample). Then set\n"
+    "  model.vocab_size to NEW.model's pieces to grow the model (README: extending the vocabulary).\n";
+
+// A scratch directory removed on scope exit (the model trained on --input lives there).
+class TempDirGuard {
+ public:
+  explicit TempDirGuard(std::string path) : path_(std::move(path)) {
+    remove_tree(path_);
+    std::error_code ec;
+    if (!std::filesystem::create_directories(path_, ec) && ec)
+      user_error(path_, ": cannot create directory: ", ec.message());
+  }
+  ~TempDirGuard() { remove_tree(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+int tokenizer_extend(int argc, char** argv) {
+  const Args o = parse_args(argc, argv, 3,
+                            {"base", "add", "input", "out", "vocab-size", "max-sentences", "threads",
+                             "character-coverage"},
+                            {});
+  if (o.help) {
+    std::printf("%s", kTokenizerUsage);
+    return 0;
+  }
+  const std::string base = o.get("base"), add = o.get("add"), inputs = o.get("input"), out = o.get("out");
+  if (base.empty() || out.empty() || (add.empty() == inputs.empty() && add.empty()))
+    user_error("tokenizer extend: --base BASE.model, --out NEW.model and one of --add EXTRA.model or "
+               "--input FILES --vocab-size N are required");
+  if (!add.empty() && o.has("vocab-size"))
+    user_error("tokenizer extend: --vocab-size trains a model on --input; with --add EXTRA.model it has no meaning");
+  if (add.empty() && !o.has("vocab-size"))
+    user_error("tokenizer extend: --input FILES needs --vocab-size N (the pieces of the model trained on them)");
+  if (out == base) user_error("tokenizer extend: --out ", out, " would overwrite --base; choose another path");
+  const Tokenizer before(base);  // a UserError when BASE is not a sentencepiece model
+  std::vector<std::string> sentences;
+  if (!inputs.empty()) sentences = read_sentences(inputs);
+  if (add.empty() && sentences.empty()) user_error("tokenizer extend: --input ", inputs, " holds no text");
+  std::string extra = add;
+  std::unique_ptr<TempDirGuard> tmp;
+  if (extra.empty()) {
+    tmp = std::make_unique<TempDirGuard>(out + ".extend-tmp");
+    TokenizerTrainOptions opt;
+    opt.out_prefix = tmp->path() + "/extra";
+    opt.vocab_size = o.get_int("vocab-size", 0);
+    opt.max_sentences = o.get_int("max-sentences", 200000);
+    opt.threads = o.get_int("threads", 2);
+    opt.character_coverage = parse_coverage(o.get("character-coverage", "1.0"));
+    std::vector<std::string> train = sentences;
+    sample_sentences(train, static_cast<size_t>(std::max<int64_t>(opt.max_sentences, 1)) * 4);
+    train_tokenizer(train, opt);
+    extra = opt.out_prefix + ".model";
+  }
+  const TokenizerExtendResult r = extend_tokenizer(base, extra, out);
+  const Tokenizer after(out);
+  std::printf("[tokenizer] %s: %lld base pieces + %lld added (%lld already in the base, %lld control/byte skipped) = %lld\n",
+              out.c_str(), (long long)r.base_pieces, (long long)r.added, (long long)r.duplicates,
+              (long long)r.skipped, (long long)after.vocab_size());
+  if (!sentences.empty()) {
+    std::vector<std::string> sample = sentences;
+    sample_sentences(sample, 2000);
+    std::printf("[tokenizer] tokens per character on %zu sample lines: %.4f before, %.4f after\n", sample.size(),
+                tokens_per_char(before, sample), tokens_per_char(after, sample));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int cmd_tokenizer(int argc, char** argv) {
+  const bool help = argc >= 3 && (!std::strcmp(argv[2], "--help") || !std::strcmp(argv[2], "-h"));
+  if (help) {
+    std::printf("%s", kTokenizerUsage);
+    return 0;
+  }
+  if (argc >= 3 && std::strcmp(argv[2], "extend") == 0) return tokenizer_extend(argc, argv);
+  if (argc < 3 || std::strcmp(argv[2], "train") != 0)
+    user_error("tokenizer: expected `kiln tokenizer train --input FILE[,FILE] --out PREFIX --vocab-size N` or "
+               "`kiln tokenizer extend --base BASE.model (--add EXTRA.model | --input FILES --vocab-size N) --out NEW.model`");
+  const Args o = parse_args(
+      argc, argv, 3,
+      {"input", "out", "vocab-size", "model-type", "max-sentences", "threads", "character-coverage"}, {});
+  if (o.help) {
+    std::printf("%s", kTokenizerUsage);
+    return 0;
+  }
+  TokenizerTrainOptions opt;
+  opt.out_prefix = o.get("out");
+  opt.vocab_size = o.get_int("vocab-size", 2000);
+  opt.model_type = o.get("model-type", "bpe");
+  opt.max_sentences = o.get_int("max-sentences", 200000);
+  opt.threads = o.get_int("threads", 2);
+  opt.character_coverage = parse_coverage(o.get("character-coverage", "0.9995"));
+  const std::string inputs = o.get("input");
+  if (inputs.empty() || opt.out_prefix.empty())
+    user_error("tokenizer train: --input FILE[,FILE] and --out PREFIX are required");
+  std::vector<std::string> sentences = read_sentences(inputs);
+  // sentencepiece samples input_sentence_size of them; cap what we hold in memory first.
+  sample_sentences(sentences, static_cast<size_t>(std::max<int64_t>(opt.max_sentences, 1)) * 4);
   train_tokenizer(sentences, opt);
   std::fprintf(stderr, "[tokenizer] trained %s.model (%lld pieces, %s) on %zu sentences\n",
                opt.out_prefix.c_str(), (long long)opt.vocab_size, opt.model_type.c_str(), sentences.size());

@@ -68,6 +68,7 @@ std::vector<ResumeFinding> compare_for_resume(const Config& ckpt, int64_t ckpt_d
   fatal("model.ffn_hidden_size", m0.ffn_size(), m1.ffn_size());
   fatal("model.tie_embeddings", m0.tie_embeddings, m1.tie_embeddings);
   fatal("model.position", m0.position, m1.position);
+  fatal("model.norm_head", m0.norm_head, m1.norm_head);
   fatal("lora.rank", ckpt.lora.rank, now.lora.rank);
 
   // Allowed, with what changes.
@@ -106,6 +107,14 @@ std::vector<ResumeFinding> compare_for_resume(const Config& ckpt, int64_t ckpt_d
        "rotary positions are rescaled from here on (context extension)");
   warn("model.rope_theta", show(m0.rope_theta), show(m1.rope_theta),
        "rotary frequencies change from here on");
+  auto patterns = [](const TrainConfig& t) {
+    std::string out = "[";
+    for (size_t i = 0; i < t.trainable.size(); ++i) out += (i ? ", " : "") + t.trainable[i];
+    return out + "]" + (t.trainable_new_rows_only ? " (new rows only)" : "");
+  };
+  warn("train.trainable", patterns(ckpt.train), patterns(now.train),
+       str("the parameters that train change from ", at,
+           "; those that were frozen start from the checkpoint's weights with zero Adam moments"));
   warn("train.seed", show(ckpt.train.seed), show(now.train.seed),
        str("ignored on resume: the weights come from the checkpoint and the data order follows the "
            "checkpoint's seed (",

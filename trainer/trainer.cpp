@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/loader.h"
+#include "data/vocab_check.h"
 #include "models/llama.h"
 #include "models/recompute.h"
 #include "parallel/communicator.h"
@@ -43,6 +44,7 @@
 #include "trainer/step_runner.h"
 #include "trainer/stop_signals.h"
 #include "trainer/tensorboard.h"
+#include "trainer/trainable.h"
 #include "trainer/test_hooks.h"
 
 namespace fs = std::filesystem;
@@ -171,10 +173,16 @@ void Trainer::build() {
   model_ = Llama(cfg_.model, LlamaBuild{StageSpec{}, {}, /*meta=*/true});
   std::unique_ptr<WeightSource> source =
       resume_dir_.empty() ? initial_weights(cfg_, *model_) : checkpoint_weights_source(resume_dir_);
+  const TrainableSet trainable = apply_trainable(*model_, cfg_);  // train.trainable (trainer/trainable.h)
   optimizer_ = std::make_unique<ZeroOptimizer>(
       *model_, mesh_.dp(), static_cast<int>(cfg_.parallel.zero), cfg_.parallel.bucket_mb << 20,
-      AdamWOptions{cfg_.train.weight_decay, cfg_.train.betas[0], cfg_.train.betas[1], cfg_.train.eps},
+      AdamWOptions{cfg_.train.weight_decay, cfg_.train.betas[0], cfg_.train.betas[1], cfg_.train.eps,
+                   trainable.frozen_leading},
       cfg_.parallel.zero3_keep_gathered, *source);
+  if (!trainable.frozen.empty() || !trainable.frozen_leading.empty())
+    log0("trainable: ", trainable.trained_elements, " of ", trainable.total_elements, " parameters (",
+         trainable.trained.size(), " tensors", trainable.frozen_leading.empty() ? "" : ", new vocabulary rows only",
+         "); frozen: ", trainable.frozen.size(), " tensors");
   {
     // Parameters the optimizer does not train (frozen) are read whole.
     at::NoGradGuard no_grad;
@@ -190,7 +198,8 @@ void Trainer::build() {
 void Trainer::restore() {
   if (resume_dir_.empty()) return;
   CheckpointState st = read_checkpoint_state(resume_dir_);
-  optimizer_->load_state(*checkpoint_state_source(resume_dir_), st.step);
+  // Parameters frozen when the checkpoint was written start from its weights (trainer/trainable.h).
+  optimizer_->load_state(*resume_state_source(resume_dir_), st.step);
   // What this rank loaded must be finite (every rank checks its own share; all stop together).
   const std::vector<TensorSlice> loaded = optimizer_->state_slices();
   at::Tensor bad = at::full({1}, first_non_finite(loaded).empty() ? 0.0 : 1.0, at::kDouble);
@@ -418,6 +427,7 @@ TrainResult Trainer::run() {
 
 TrainResult train(const Config& cfg, const TrainOptions& opts) {
   validate_run(cfg, launch_info().world_size);
+  check_tokenizer_fits(cfg);  // a tokenizer larger than the model: one line, exit 2, before any weights
   if (cfg.train.threads > 0) at::set_num_threads(static_cast<int>(cfg.train.threads));
   Trainer trainer(cfg, opts);
   return trainer.run();

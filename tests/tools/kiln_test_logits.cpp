@@ -40,7 +40,8 @@ int run(int argc, char** argv) {
   b.input_ids = at::randint(cfg.model.vocab_size, {2, T}, gen, at::kLong);
   b.position_ids = at::arange(T, at::kLong).expand({2, T}).contiguous();
   b.labels = at::full({2, T}, kiln::kIgnoreIndex, at::kLong);
-  at::Tensor logits = model->forward(b).to(at::kFloat).contiguous();
+  // The real vocabulary (model.vocab_pad_to's padding columns dropped, as the export drops them).
+  at::Tensor logits = model->forward(b).to(at::kFloat).narrow(-1, 0, cfg.model.vocab_size).contiguous();
   kiln::write_safetensors(a.get("out"), {{"input_ids", b.input_ids}, {"logits", logits}});
   if (a.has("export")) {
     std::vector<std::pair<std::string, at::Tensor>> named;

@@ -152,6 +152,7 @@ TEST(DataSplit, PretrainingTrainsEveryTokenOncePerEpoch) {
   // Through the DataLoader with packing: over the first step of `pieces` rows, each row holds
   // whole pieces and metrics' counters see every split document.
   Config cfg;
+  cfg.model.vocab_size = store.vocab_size();  // the loader refuses a store larger than the model
   cfg.data = d;
   cfg.data.overlong = "auto";
   cfg.data.packing = true;

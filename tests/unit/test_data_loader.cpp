@@ -42,6 +42,7 @@ const std::string& store_dir() {
 
 Config loader_config(int64_t seq_len, int64_t micro) {
   Config cfg;
+  cfg.model.vocab_size = 700;  // the test tokenizer's pieces (the loader checks the store against it)
   cfg.data.mixture = store_dir();
   cfg.data.seq_len = seq_len;
   cfg.train.micro_batch_size = micro;

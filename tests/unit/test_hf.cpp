@@ -371,25 +371,8 @@ TEST_F(Hf, SplitsBaichuanWPack) {
                     "expects [12, 5] (q, k, v stacked)");
 }
 
-TEST_F(Hf, Baichuan2NormHeadIsNormalisedAtLoad) {
-  const std::string d = dir_ + "/baichuan2";
-  fs::create_directories(d);
-  torch::manual_seed(3);
-  at::Tensor head = torch::randn({125696, 4}) * 3.0;  // Baichuan2's vocabulary, tiny width
-  write_safetensors(d + "/model.safetensors", {{"lm_head.weight", head}});
-  json cfg = {{"model_type", "baichuan"}, {"vocab_size", 125696}};
-  write_text(d + "/config.json", cfg.dump());
-  auto model = module_with({{"lm_head.weight", {125696, 4}}});
-  load_hf_weights(*model, d);
-  at::Tensor w = model->named_parameters()["lm_head.weight"];
-  EXPECT_TRUE(torch::allclose(w.norm(2, {1}), torch::ones({125696}), 1e-6, 1e-6));
-  EXPECT_TRUE(torch::allclose(w * head.norm(2, {1}, true), head, 1e-5, 1e-5));
-  // Baichuan 1 (or any other vocabulary) keeps the raw rows.
-  cfg["vocab_size"] = 64000;
-  write_text(d + "/config.json", cfg.dump());
-  load_hf_weights(*model, d);
-  EXPECT_TRUE(torch::equal(model->named_parameters()["lm_head.weight"], head));
-}
+// Baichuan2's NormHead is no longer normalised at load: it is a model key (model.norm_head) and
+// normalises in every forward; tests/unit/test_baichuan.cpp covers it.
 
 // --- export ---------------------------------------------------------------------------------
 
