@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "data/chat_template.h"
+#include "data/vocab_check.h"
 #include "models/hf.h"
 #include "base/error.h"
 
@@ -674,6 +675,7 @@ void validate_run(const Config& cfg, int64_t world_size) {
         "apply; set data.redraw_each_epoch: true (a new pool, with the weights then in force, "
         "every epoch) or drop the schedule");
   chat_template(cfg.data.chat_template, cfg.data.custom_template);  // unknown name, custom without {content}
+  check_tokenizer_fits(cfg);  // a tokenizer larger than the model: one line, before any weights
 }
 
 std::string to_yaml(const Config& cfg) {

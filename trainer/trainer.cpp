@@ -26,7 +26,6 @@
 #include <nlohmann/json.hpp>
 
 #include "data/loader.h"
-#include "data/vocab_check.h"
 #include "models/llama.h"
 #include "models/recompute.h"
 #include "parallel/communicator.h"
@@ -427,7 +426,6 @@ TrainResult Trainer::run() {
 
 TrainResult train(const Config& cfg, const TrainOptions& opts) {
   validate_run(cfg, launch_info().world_size);
-  check_tokenizer_fits(cfg);  // a tokenizer larger than the model: one line, exit 2, before any weights
   if (cfg.train.threads > 0) at::set_num_threads(static_cast<int>(cfg.train.threads));
   Trainer trainer(cfg, opts);
   return trainer.run();

@@ -21,13 +21,14 @@ cat >"$WORK/refusals.txt" <<'ROWS'
 1|data.template=nonesuch|data.template: unknown template "nonesuch"
 1|train.lerning_rate=0.1|--set train.lerning_rate: unknown key
 1|parallel.zero=7|parallel.zero: 7 is out of range; valid: 0 .. 3
+1|model.vocab_size=500|tok.model: 700 pieces, more than model.vocab_size 500
 3|train.micro_batch_size=2|train.global_batch_size (8) must be a multiple of train.micro_batch_size (2) x data-parallel size (3)
 ROWS
 
 # The validator's refusal sites: user_error calls in validate_layout and validate_run (the
 # chat_template() call counts as one: its unknown-name refusal has a row).
 sites=$(awk '/^void validate_layout\(/,/^}/ {print} /^void validate_run\(/,/^}/ {print}' "$ROOT/trainer/config.cpp" |
-  grep -cE 'user_error\(|chat_template\(')
+  grep -cE 'user_error\(|chat_template\(|check_tokenizer_fits\(')
 # The NCCL refusal is two sites (built with or without NCCL) behind one row.
 rows=$(($(wc -l <"$WORK/refusals.txt") - 2))  # the two parse-error rows are not validator sites
 [ "$rows" -ge "$((sites - 1))" ] || die "the validator has $sites refusal sites but the table only $rows rows: add a row for each new refusal"
