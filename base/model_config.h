@@ -4,10 +4,28 @@
 #include <cstdint>
 #include <string>
 
+#include "base/choice.h"
+
 namespace kiln {
 
+enum class Arch { llama, baichuan };  // baichuan: fused W_pack, ALiBi in 13B
+template <>
+struct ChoiceNames<Arch> {
+  static constexpr const char* names[] = {"llama", "baichuan"};
+};
+enum class Position { rope, alibi };
+template <>
+struct ChoiceNames<Position> {
+  static constexpr const char* names[] = {"rope", "alibi"};
+};
+enum class RopeType { none, linear, dynamic, llama3 };
+template <>
+struct ChoiceNames<RopeType> {
+  static constexpr const char* names[] = {"none", "linear", "dynamic", "llama3"};
+};
+
 struct RopeScaling {
-  std::string type = "none";         // none | linear | dynamic | llama3
+  RopeType type = RopeType::none;
   double factor = 1.0;               // context extension factor (4k -> 16k: 4)
   int64_t original_max_seq_len = 0;  // dynamic/llama3: the pretraining context (0 = max_seq_len)
   double low_freq_factor = 1.0;      // llama3
@@ -15,7 +33,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string arch = "llama";  // llama | baichuan (baichuan: fused W_pack, ALiBi in 13B)
+  Arch arch = Arch::llama;
   int64_t vocab_size = 512;
   int64_t hidden_size = 64;
   int64_t num_layers = 2;
@@ -25,7 +43,7 @@ struct ModelConfig {
   int64_t max_seq_len = 256;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
-  std::string position = "rope";  // rope | alibi
+  Position position = Position::rope;
   bool tie_embeddings = false;
   double norm_eps = 1e-5;
   double init_std = 0.02;

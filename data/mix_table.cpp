@@ -41,10 +41,10 @@ std::vector<MixShare> mix_shares(const SampleLengths& lengths, const std::vector
     }
   }
   const std::vector<double> w = schedule_weights(data.schedule, names, weights, 0);
-  if (data.mix == "telechat") {
+  if (data.mix == MixMode::telechat) {
     MixerOptions opt;
     opt.redraw_each_epoch = data.redraw_each_epoch;
-    Mixer mixer("telechat", lengths, seed, opt);
+    Mixer mixer(MixMode::telechat, lengths, seed, opt);
     mixer.next(w);  // draws the first pool
     for (const SampleRef& r : mixer.pool()) {
       const int64_t t = row_tokens(lengths[r.source][r.doc], data.seq_len, policy[r.source]);
@@ -74,9 +74,9 @@ std::vector<MixShare> mix_shares(const SampleLengths& lengths, const std::vector
   return out;
 }
 
-std::string format_mix_table(const std::vector<MixShare>& shares, const std::string& mix) {
+std::string format_mix_table(const std::vector<MixShare>& shares, MixMode mix) {
   std::string out = str("data.mix: ", mix,
-                        mix == "telechat" ? " (one epoch = TeleChat's pool: floor(w) copies + one more with "
+                        mix == MixMode::telechat ? " (one epoch = TeleChat's pool: floor(w) copies + one more with "
                                             "probability frac(w))"
                                           : " (token shares follow the normalized weights; one epoch = the "
                                             "mixture's tokens)",

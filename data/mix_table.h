@@ -32,7 +32,7 @@ std::vector<MixShare> mix_shares(const SampleLengths& lengths, const std::vector
                                  const std::vector<double>& weights, const std::vector<std::string>& formats,
                                  const DataConfig& data, uint64_t seed);
 // The table as text, one line per source under a header naming data.mix (no final newline).
-std::string format_mix_table(const std::vector<MixShare>& shares, const std::string& mix);
+std::string format_mix_table(const std::vector<MixShare>& shares, MixMode mix);
 // `kiln plan`: the table for cfg's data.mixture (prepared into its cache if need be), or "" when
 // no mixture is set.
 std::string describe_mixture(const Config& cfg);

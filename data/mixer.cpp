@@ -28,7 +28,7 @@ void shuffle(std::vector<int64_t>& v, std::mt19937_64& rng) {
   for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[rng() % i]);
 }
 
-Mixer::Mixer(const std::string& mode, std::shared_ptr<const SampleLengths> lengths, uint64_t seed,
+Mixer::Mixer(MixMode mode, std::shared_ptr<const SampleLengths> lengths, uint64_t seed,
              MixerOptions options)
     : mode_(mode),
       lengths_ptr_(std::move(lengths)),
@@ -36,8 +36,6 @@ Mixer::Mixer(const std::string& mode, std::shared_ptr<const SampleLengths> lengt
       max_length_(std::move(options.max_length)),
       seed_(seed),
       redraw_(options.redraw_each_epoch) {
-  if (mode_ != "telechat" && mode_ != "proportional")
-    user_error("data.mix: unknown mixer \"", mode_, "\" (expected proportional or telechat)");
   const size_t n = lengths_.size();
   KILN_CHECK(n > 0, "mixer needs a source");
   KILN_CHECK(max_length_.empty() || max_length_.size() == n, "max_length for ", max_length_.size(), " of ", n,
@@ -99,7 +97,7 @@ SampleRef Mixer::next(const std::vector<double>& weights) {
   KILN_CHECK(weights.size() == lengths_.size(), "weights ", weights.size(), " for ", lengths_.size(),
              " sources");
   SampleRef r;
-  if (mode_ == "telechat") {
+  if (mode_ == MixMode::telechat) {
     if (pool_pos_ >= pool_.size()) start_epoch(weights);
     r = pool_[pool_pos_++];
   } else {

@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "base/config.h"
+
 namespace kiln {
 
 struct MixPoint;
@@ -42,9 +44,9 @@ struct MixerOptions {
 class Mixer {
  public:
   // lengths: tokens of each sample; shared, not copied (a mixture has many millions of samples).
-  Mixer(const std::string& mode, std::shared_ptr<const SampleLengths> lengths, uint64_t seed,
+  Mixer(MixMode mode, std::shared_ptr<const SampleLengths> lengths, uint64_t seed,
         MixerOptions options = {});
-  Mixer(const std::string& mode, SampleLengths lengths, uint64_t seed, MixerOptions options = {})
+  Mixer(MixMode mode, SampleLengths lengths, uint64_t seed, MixerOptions options = {})
       : Mixer(mode, std::make_shared<const SampleLengths>(std::move(lengths)), seed, std::move(options)) {}
   SampleRef next(const std::vector<double>& weights);  // weights: one per source, >= 0, sum > 0
   const std::vector<int64_t>& tokens_drawn() const { return tokens_; }    // [source]
@@ -58,7 +60,7 @@ class Mixer {
   void start_epoch(const std::vector<double>& weights);
   int64_t counted(int32_t source, int64_t doc) const;
 
-  std::string mode_;
+  MixMode mode_;
   std::shared_ptr<const SampleLengths> lengths_ptr_;
   const SampleLengths& lengths_;
   std::vector<int64_t> max_length_;  // [source], empty = no cap

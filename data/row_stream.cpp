@@ -80,7 +80,7 @@ RowStream::RowStream(std::shared_ptr<const SampleLengths> lengths, std::vector<s
   KILN_CHECK(global_batch_ > 0, "global batch ", global_batch_);
   KILN_CHECK(names_.size() == lengths_.size(), names_.size(), " names for ", lengths_.size(), " sources");
   validate_schedule(data_.schedule, names_);
-  if (data_.mix == "telechat" && !data_.schedule.empty() && !data_.redraw_each_epoch)
+  if (data_.mix == MixMode::telechat && !data_.schedule.empty() && !data_.redraw_each_epoch)
     user_error(
         "data.schedule: with data.mix: telechat the pool is drawn once, so a schedule would never "
         "apply; set data.redraw_each_epoch: true (a new pool, with the weights then in force, "

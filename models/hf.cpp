@@ -118,10 +118,9 @@ void read_rope(const json& top, const std::string& path, ModelConfig& cfg) {
     s = RopeScaling{};
     return;
   }
-  if (type != "linear" && type != "dynamic" && type != "llama3")
+  if (type == "none" || !parse_choice(type, &s.type))
     user_error(path, ": ", key, ".rope_type '", type,
                "' is not supported (valid: default, linear, dynamic, llama3)");
-  s.type = type;
   s.factor = rr.number("factor");
   if (s.factor < 1.0) user_error(path, ": key '", key, ".factor' must be >= 1, not ", s.factor);
   if (type == "dynamic") {
@@ -158,19 +157,19 @@ json hf_config_json(const ModelConfig& cfg, const std::string& dtype) {
   int64_t max_pos = cfg.max_seq_len;
   const RopeScaling& s = cfg.rope_scaling;
   const int64_t orig = s.original_max_seq_len > 0 ? s.original_max_seq_len : cfg.max_seq_len;
-  if (s.type == "linear") {
+  if (s.type == RopeType::linear) {
     rope = {{"rope_type", "linear"}, {"factor", s.factor}};
-  } else if (s.type == "dynamic") {
+  } else if (s.type == RopeType::dynamic) {
     rope = {{"rope_type", "dynamic"}, {"factor", s.factor}};
     max_pos = orig;  // transformers' dynamic NTK measures growth against max_position_embeddings
-  } else if (s.type == "llama3") {
+  } else if (s.type == RopeType::llama3) {
     rope = {{"rope_type", "llama3"},
             {"factor", s.factor},
             {"low_freq_factor", s.low_freq_factor},
             {"high_freq_factor", s.high_freq_factor},
             {"original_max_position_embeddings", orig}};
   } else {
-    KILN_CHECK(s.type == "none", "unknown rope scaling type '", s.type, "'");
+    KILN_CHECK(s.type == RopeType::none, "unknown rope scaling type '", s.type, "'");
   }
   return json{{"architectures", {"LlamaForCausalLM"}},
               {"model_type", "llama"},
@@ -209,9 +208,8 @@ ModelConfig read_hf_config(const std::string& dir) {
 
   ModelConfig cfg;
   const std::string model_type = c.string("model_type");
-  if (model_type != "llama" && model_type != "baichuan")
+  if (!parse_choice(model_type, &cfg.arch))
     user_error(path, ": model_type '", model_type, "' is not supported (valid: llama, baichuan)");
-  cfg.arch = model_type;
   cfg.vocab_size = c.positive("vocab_size");
   cfg.hidden_size = c.positive("hidden_size");
   cfg.num_layers = c.positive("num_hidden_layers");
@@ -226,7 +224,7 @@ ModelConfig read_hf_config(const std::string& dir) {
   cfg.tie_embeddings = c.boolean("tie_word_embeddings", false);
   cfg.init_std = c.number("initializer_range", 0.02);
   // Baichuan-13B and Baichuan2-13B (hidden 5120) use ALiBi, the 7B models RoPE.
-  cfg.position = (model_type == "baichuan" && cfg.hidden_size == 5120) ? "alibi" : "rope";
+  cfg.position = (cfg.arch == Arch::baichuan && cfg.hidden_size == 5120) ? Position::alibi : Position::rope;
   read_rope(j, path, cfg);
 
   if (cfg.hidden_size % cfg.num_heads != 0)
@@ -492,7 +490,7 @@ void save_hf_streamed(const ModelConfig& cfg, at::ScalarType dtype,
                       const std::function<at::Tensor(const std::string&)>& fetch, const std::string& dir,
                       int64_t max_shard_bytes) {
   KILN_CHECK(max_shard_bytes > 0, "max_shard_bytes must be positive");
-  if (cfg.position == "alibi")
+  if (cfg.position == Position::alibi)
     user_error(dir, ": cannot export an ALiBi model (Baichuan-13B) as LlamaForCausalLM, which has only RoPE");
   const auto expected = hf_parameter_shapes(cfg);
   if (fs::exists(dir) && !(fs::is_directory(dir) && fs::is_empty(dir)))

@@ -34,15 +34,15 @@ at::Tensor rope_inv_freq(const ModelConfig& cfg, int64_t seq_len) {
   const auto& rs = cfg.rope_scaling;
   const int64_t original = rs.original_max_seq_len > 0 ? rs.original_max_seq_len : cfg.max_seq_len;
   double base = cfg.rope_theta;
-  if (rs.type == "dynamic") {
+  if (rs.type == RopeType::dynamic) {
     // NTK-aware: grow the base once the sequence outruns the original context.
     double len = static_cast<double>(std::max<int64_t>(seq_len, original));
     base *= std::pow(rs.factor * len / original - (rs.factor - 1), double(dim) / (dim - 2));
   }
   at::Tensor exponent = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<float>(dim);
   at::Tensor inv_freq = 1.0 / at::pow(base, exponent);  // (D/2)
-  if (rs.type == "linear") inv_freq = inv_freq / rs.factor;
-  if (rs.type == "llama3") {
+  if (rs.type == RopeType::linear) inv_freq = inv_freq / rs.factor;
+  if (rs.type == RopeType::llama3) {
     // Long wavelengths divided by factor, short kept, a smooth blend in between.
     const double low_wavelen = original / rs.low_freq_factor;
     const double high_wavelen = original / rs.high_freq_factor;
@@ -248,9 +248,9 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
   AttentionContext ctx;
   const at::Tensor& pos = batch.position_ids;  // (B, T)
   const int64_t T = pos.size(1);
-  if (cfg_.position == "rope") {
+  if (cfg_.position == Position::rope) {
     int64_t span = std::max<int64_t>(T, pos.max().item<int64_t>() + 1);
-    const bool dynamic = cfg_.rope_scaling.type == "dynamic";
+    const bool dynamic = cfg_.rope_scaling.type == RopeType::dynamic;
     const bool reusable = rope_cache_span_ > 0 && rope_cache_.cos.device() == opts.device() &&
                           rope_cache_.cos.scalar_type() == opts.dtype().toScalarType() &&
                           (dynamic ? rope_cache_span_ == span : rope_cache_span_ >= span);
@@ -264,7 +264,7 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
     ctx.sin = tables.sin.index_select(0, pos.reshape(-1)).view({pos.size(0), T, -1});
   }
   ctx.causal = true;
-  if (batch.packed && cfg_.position == "rope" &&
+  if (batch.packed && cfg_.position == Position::rope &&
       varlen_flash_supported(opts.device(), opts.dtype().toScalarType(), cfg_.head_dim())) {
     // CUDA: document offsets instead of a (B, 1, T, T) mask (1 GiB of bools at T = 16k, B = 4).
     VarlenLayout layout = varlen_layout(pos);
@@ -278,7 +278,7 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
     at::Tensor doc = (pos == 0).cumsum(/*dim=*/1);  // (B, T): document index within the row
     allowed = doc.unsqueeze(2).eq(doc.unsqueeze(1)).logical_and(causal).unsqueeze(1);
   }
-  if (cfg_.position == "alibi") {
+  if (cfg_.position == Position::alibi) {
     // bias[h, i, j] = -slope_h * (i - j) for j <= i; -inf where not allowed.
     at::Tensor idx = at::arange(T, pos.options()).to(at::kFloat);
     at::Tensor dist = (idx.unsqueeze(1) - idx.unsqueeze(0));            // (T, T)

@@ -53,8 +53,12 @@ void check_peer(const Communicator& c, int peer, const char* op) {
 
 std::unique_ptr<Communicator> make_world_communicator(const std::string& backend, bool cuda,
                                                       double timeout_s) {
-  if (backend != "auto" && backend != "nccl" && backend != "mpi")
-    user_error("parallel.backend: '", backend, "' is not one of auto | nccl | mpi");
+  Backend b;
+  if (!parse_choice(backend, &b)) user_error("parallel.backend: '", backend, "' is not one of auto | nccl | mpi");
+  return make_world_communicator(b, cuda, timeout_s);
+}
+
+std::unique_ptr<Communicator> make_world_communicator(Backend backend, bool cuda, double timeout_s) {
   if (!(timeout_s > 0))
     user_error("parallel.timeout_s: ", timeout_s, " must be a positive number of seconds");
   const LaunchInfo& launch = launch_info();
@@ -64,19 +68,19 @@ std::unique_ptr<Communicator> make_world_communicator(const std::string& backend
 #else
   constexpr bool kHaveNccl = false;
 #endif
-  if (backend == "nccl" && !kHaveNccl)
+  if (backend == Backend::nccl && !kHaveNccl)
     user_error("parallel.backend: nccl, but this kiln was built without NCCL; use auto or mpi");
-  if (backend == "nccl" && !cuda)
+  if (backend == Backend::nccl && !cuda)
     user_error("parallel.backend: nccl needs CUDA tensors (a GPU run); use auto or mpi on the CPU");
 
-  bool use_nccl = backend == "nccl" || (backend == "auto" && cuda && kHaveNccl);
-  if (backend == "auto" && cuda && !kHaveNccl)
+  bool use_nccl = backend == Backend::nccl || (backend == Backend::automatic && cuda && kHaveNccl);
+  if (backend == Backend::automatic && cuda && !kHaveNccl)
     log0("parallel.backend auto: built without NCCL, CUDA tensors go through MPI host staging");
 #ifdef KILN_WITH_NCCL
   // NCCL needs a GPU of its own per rank; ranks sharing GPUs talk through MPI host staging.
   const int gpus = use_nccl ? visible_cuda_devices() : 0;
   if (use_nccl && gpus > 0 && launch.local_size > gpus) {
-    if (backend == "nccl")
+    if (backend == Backend::nccl)
       user_error("parallel.backend: nccl needs one GPU per rank, but ", launch.local_size, " ranks on ",
                  launch.host, " share ", gpus, " GPU(s); use mpi (host staging) or at most ", gpus,
                  " ranks per host");
@@ -93,7 +97,7 @@ std::unique_ptr<Communicator> make_world_communicator(const std::string& backend
 #endif
   }
   if (launch.under_mpi) return make_mpi_world_communicator(timeout_s);
-  if (backend == "mpi") log0("parallel.backend mpi: not started by mpirun, running as one process");
+  if (backend == Backend::mpi) log0("parallel.backend mpi: not started by mpirun, running as one process");
   return make_single_communicator("world");
 }
 

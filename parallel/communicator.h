@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "base/config.h"
+
 namespace kiln {
 
 enum class ReduceOp { Sum, Max, Min };
@@ -84,8 +86,10 @@ const LaunchInfo& launch_info();
 // Collective under mpirun (every rank calls it); the trainer prints it once with log0.
 std::string launch_layout();
 
-// The world group. backend: "auto" (NCCL when CUDA tensors are used and NCCL is built, MPI
-// under mpirun, else single), "nccl", "mpi". timeout_s bounds every collective.
+// The world group. backend: automatic (NCCL when CUDA tensors are used and NCCL is built, MPI
+// under mpirun, else single), nccl, mpi. timeout_s bounds every collective.
+std::unique_ptr<Communicator> make_world_communicator(Backend backend, bool cuda, double timeout_s);
+// The same from the spelling ("auto", "nccl", "mpi"); anything else is a UserError.
 std::unique_ptr<Communicator> make_world_communicator(const std::string& backend, bool cuda,
                                                       double timeout_s);
 

@@ -22,6 +22,7 @@
 #include "base/file_io.h"
 #include "base/log.h"
 #include "trainer/run_dir.h"
+#include "trainer/state_check.h"
 #include "trainer/test_hooks.h"
 
 namespace fs = std::filesystem;
@@ -360,6 +361,8 @@ CheckpointCheck verify_checkpoint(const std::string& dir) {
     else if (hash != info.value("xxh3_64", std::string()))
       f.problem = "checksum " + hash + " differs from the recorded " + info.value("xxh3_64", std::string()) +
                   " (corrupt)";
+    else if (file.rfind("shard-", 0) == 0)
+      f.problem = non_finite_problem(path);  // finite values only (issue 10, state_check.h)
     if (!f.problem.empty()) bad(file, f.problem);
     check.files.push_back(f);
   }

@@ -98,13 +98,13 @@ int cmd_plan(int argc, char** argv) {
       "  Validates the config for N processes (default: this launch's), prints the resolved\n"
       "  config, parameter count, FLOPs per token and per-rank memory.  --explain lists every key.\n");
   const int64_t world = a.has("world") ? a.get_int("world", 1) : launch_info().world_size;
-  validate_layout(cfg, world);
+  validate_run(cfg, world);
   const ModelConfig& m = cfg.model;
   const auto& p = cfg.parallel;
   const int64_t dp = data_parallel_size(cfg, world);
   const double n = static_cast<double>(m.num_parameters());
-  const bool gpu = cfg.train.device == "cuda";
-  const double bytes = cfg.train.precision == "fp32" || (cfg.train.precision == "auto" && !gpu) ? 4 : 2;
+  const bool gpu = cfg.train.device == DeviceChoice::cuda;
+  const double bytes = cfg.train.precision == Precision::fp32 || (cfg.train.precision == Precision::automatic && !gpu) ? 4 : 2;
   const double per_rank_params = n / (p.tp * p.pp);
   const double param_b = per_rank_params * bytes / (p.zero >= 3 ? dp : 1);
   const double grad_b = per_rank_params * 4 / (p.zero >= 2 ? dp : 1);
@@ -113,9 +113,9 @@ int cmd_plan(int argc, char** argv) {
   const double T = static_cast<double>(cfg.data.seq_len), h = static_cast<double>(m.hidden_size);
   const double layers = static_cast<double>(m.num_layers) / p.pp;
   double per_layer = T * h * (34 + 5 * m.num_heads * T / h) * bytes / 2 / p.tp;
-  if (cfg.train.activation_checkpointing == "selective") per_layer = T * h * 34 * bytes / 2 / p.tp;
+  if (cfg.train.activation_checkpointing == Checkpointing::selective) per_layer = T * h * 34 * bytes / 2 / p.tp;
   double act_b = per_layer * layers * cfg.train.micro_batch_size;
-  if (cfg.train.activation_checkpointing == "full")
+  if (cfg.train.activation_checkpointing == Checkpointing::full)
     act_b = (T * h * bytes * layers + per_layer) * cfg.train.micro_batch_size;
 
   std::printf("%s", to_yaml(cfg).c_str());

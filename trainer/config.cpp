@@ -15,6 +15,7 @@
 #include <limits>
 #include <sstream>
 
+#include "data/chat_template.h"
 #include "models/hf.h"
 #include "base/error.h"
 
@@ -179,6 +180,18 @@ Key choice_key(std::string path, std::string* v, std::vector<std::string> choice
           [=] { return show_value(*v); }};
 }
 
+// An enum key: parsed once through its ChoiceNames (base/choice.h), so no code compares strings.
+template <class E>
+Key enum_key(std::string path, E* v, std::string meaning) {
+  const std::vector<std::string> choices = choice_names<E>();
+  return {path, meaning + " (" + join(choices, " | ") + ")",
+          [=](const YAML::Node& n, const Ctx& c) {
+            std::string x = as_string(n, c, path);
+            if (!parse_choice(x, v)) user_error(where(c, n, path), ": '", x, "' is not one of ", join(choices, " | "));
+          },
+          [=] { return show_value(std::string(name_of(*v))); }};
+}
+
 Key string_key(std::string path, std::string* v, std::string meaning, bool is_path = false) {
   return {path, meaning,
           [=](const YAML::Node& n, const Ctx& c) {
@@ -231,7 +244,7 @@ std::vector<Key> schema(Config& cfg) {
   LoraConfig& l = cfg.lora;
   GenerateConfig& g = cfg.generate;
   std::vector<Key> keys = {
-      choice_key("model.arch", &m.arch, {"llama", "baichuan"}, "architecture"),
+      enum_key("model.arch", &m.arch, "architecture"),
       int_key("model.vocab_size", &m.vocab_size, 1, kMax, "vocabulary size (tokenizer's when larger)"),
       int_key("model.hidden_size", &m.hidden_size, 1, kMax, "model width"),
       int_key("model.num_layers", &m.num_layers, 1, kMax, "decoder layers"),
@@ -242,8 +255,7 @@ std::vector<Key> schema(Config& cfg) {
               "SwiGLU width, 0 = 8h/3 rounded up to 64"),
       int_key("model.max_seq_len", &m.max_seq_len, 1, kMax, "longest sequence the model serves"),
       num_key("model.rope_theta", &m.rope_theta, 0, 1e300, "RoPE base", true),
-      choice_key("model.rope_scaling.type", &m.rope_scaling.type, {"none", "linear", "dynamic", "llama3"},
-                 "RoPE scaling for context extension"),
+      enum_key("model.rope_scaling.type", &m.rope_scaling.type, "RoPE scaling for context extension"),
       num_key("model.rope_scaling.factor", &m.rope_scaling.factor, 1, 1e6,
               "context extension factor (4k->16k: 4)"),
       int_key("model.rope_scaling.original_max_seq_len", &m.rope_scaling.original_max_seq_len, 0, kMax,
@@ -252,7 +264,7 @@ std::vector<Key> schema(Config& cfg) {
               true),
       num_key("model.rope_scaling.high_freq_factor", &m.rope_scaling.high_freq_factor, 0, 1e6,
               "llama3 scaling", true),
-      choice_key("model.position", &m.position, {"rope", "alibi"}, "position encoding"),
+      enum_key("model.position", &m.position, "position encoding"),
       bool_key("model.tie_embeddings", &m.tie_embeddings, "share input embedding and LM head"),
       num_key("model.norm_eps", &m.norm_eps, 0, 1, "RMSNorm epsilon", true),
       num_key("model.init_std", &m.init_std, 0, 10, "std of the random init", true),
@@ -260,7 +272,7 @@ std::vector<Key> schema(Config& cfg) {
                  "none | hf:DIR | ckpt:DIR: initial weights"),
       string_key("tokenizer", &cfg.tokenizer, "sentencepiece model file", true),
       string_key("data.mixture", &d.mixture, "data.json {path: weight}, a .jsonl, or a prepared dir", true),
-      choice_key("data.mix", &d.mix, {"proportional", "telechat"}, "how data.json weights are applied"),
+      enum_key("data.mix", &d.mix, "how data.json weights are applied"),
       {"data.schedule", "list of {step, weights: {path: weight}}, linear between points",
        [&d](const YAML::Node& n, const Ctx& c) {
          d.schedule.clear();
@@ -318,8 +330,7 @@ std::vector<Key> schema(Config& cfg) {
        }},
       choice_key("data.loss", &d.loss, {"all_tokens", "all_turns", "last_turn"},
                  "which tokens carry loss in SFT"),
-      choice_key("data.loss_average", &d.loss_average, {"token", "sample"},
-                 "mean over trained tokens of the global batch, or per sample"),
+      enum_key("data.loss_average", &d.loss_average, "mean over trained tokens of the global batch, or per sample"),
       int_key("data.seq_len", &d.seq_len, 2, kMax, "tokens per training sequence"),
       bool_key("data.packing", &d.packing, "pack whole samples into sequences (no cross-attention)"),
       choice_key("data.overlong", &d.overlong, {"auto", "split", "truncate", "drop"},
@@ -340,8 +351,7 @@ std::vector<Key> schema(Config& cfg) {
       num_key("train.lr", &t.lr, 0, 10, "peak learning rate", true),
       num_key("train.min_lr", &t.min_lr, 0, 10, "final learning rate of cosine/linear decay"),
       int_key("train.warmup_steps", &t.warmup_steps, 0, kMax, "linear warmup steps"),
-      choice_key("train.schedule", &t.schedule, {"cosine", "linear", "constant"},
-                 "learning-rate schedule after warmup"),
+      enum_key("train.schedule", &t.schedule, "learning-rate schedule after warmup"),
       num_key("train.weight_decay", &t.weight_decay, 0, 10, "AdamW decoupled weight decay (matrices only)"),
       {"train.betas", "AdamW betas [beta1, beta2]",
        [&t](const YAML::Node& n, const Ctx& c) {
@@ -357,18 +367,15 @@ std::vector<Key> schema(Config& cfg) {
        [&t] { return show_value(t.betas); }},
       num_key("train.eps", &t.eps, 0, 1, "AdamW epsilon", true),
       num_key("train.grad_clip", &t.grad_clip, 0, 1e30, "global gradient-norm clip, 0 = off"),
-      choice_key("train.precision", &t.precision, {"auto", "bf16", "fp16", "fp32"},
-                 "compute precision (master weights are fp32)"),
-      choice_key("train.activation_checkpointing", &t.activation_checkpointing, {"none", "selective", "full"},
-                 "recompute activations in backward"),
+      enum_key("train.precision", &t.precision, "compute precision (master weights are fp32)"),
+      enum_key("train.activation_checkpointing", &t.activation_checkpointing, "recompute activations in backward"),
       string_key("train.resume", &t.resume, "auto (latest checkpoint in run_dir) | never | DIR"),
       int_key("train.log_every", &t.log_every, 1, kMax, "steps between log lines"),
       int_key("train.eval_every", &t.eval_every, 0, kMax, "steps between evals on data.eval, 0 = never"),
       int_key("train.max_skipped_steps", &t.max_skipped_steps, 0, kMax,
               "fp16 overflow steps in a row before stopping"),
-      choice_key("train.optimizer_offload", &t.optimizer_offload, {"none", "cpu"},
-                 "keep optimizer state on the host"),
-      choice_key("train.device", &t.device, {"auto", "cpu", "cuda"}, "where to compute"),
+      enum_key("train.optimizer_offload", &t.optimizer_offload, "keep optimizer state on the host"),
+      enum_key("train.device", &t.device, "where to compute"),
       int_key("train.threads", &t.threads, 0, 1024, "CPU threads, 0 = torch default"),
       string_key("train.tensorboard", &t.tensorboard,
                  "TensorBoard event files: auto (RUN_DIR/tb) | none | DIR"),
@@ -379,7 +386,7 @@ std::vector<Key> schema(Config& cfg) {
       bool_key("parallel.sequence_parallel", &p.sequence_parallel, "shard norms/dropout activations over tp"),
       bool_key("parallel.zero3_keep_gathered", &p.zero3_keep_gathered,
                "ZeRO-3: keep gathered params between forward and backward"),
-      choice_key("parallel.backend", &p.backend, {"auto", "nccl", "mpi"}, "communication backend"),
+      enum_key("parallel.backend", &p.backend, "communication backend"),
       num_key("parallel.timeout_s", &p.timeout_s, 0, 1e9, "seconds before a stuck collective aborts the job",
               true),
       int_key("parallel.bucket_mb", &p.bucket_mb, 1, 1 << 20, "gradient bucket size in MiB"),
@@ -393,7 +400,7 @@ std::vector<Key> schema(Config& cfg) {
       num_key("lora.lr_ratio", &l.lr_ratio, 0, 1e6, "LoRA+: learning rate of B (and DoRA magnitude) over A's",
               true),
       bool_key("lora.dora", &l.dora, "DoRA: learn a magnitude per output row (PEFT's use_dora)"),
-      choice_key("lora.quantize_base", &l.quantize_base, {"none", "nf4"}, "QLoRA base quantization"),
+      enum_key("lora.quantize_base", &l.quantize_base, "QLoRA base quantization"),
       bool_key("lora.double_quant", &l.double_quant, "QLoRA: quantize the quantization constants"),
       string_key("lora.init_from", &l.init_from, "peft:DIR adapter to start from"),
       int_key("generate.max_new_tokens", &g.max_new_tokens, 1, kMax, "tokens generated"),
@@ -570,7 +577,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
   if (m.num_heads % m.kv_heads() != 0)
     user_error(source_name, ": model.num_heads (", m.num_heads, ") must be divisible by model.num_kv_heads (",
                m.kv_heads(), ")");
-  if (m.position == "rope" && m.head_dim() % 2 != 0)
+  if (m.position == Position::rope && m.head_dim() % 2 != 0)
     user_error(source_name, ": model.hidden_size / model.num_heads must be even for RoPE (is ", m.head_dim(),
                ")");
   if (cfg.data.seq_len > m.max_seq_len)
@@ -636,8 +643,27 @@ void validate_layout(const Config& cfg, int64_t world_size) {
   if (p.sequence_parallel)
     user_error("parallel.sequence_parallel: needs tensor parallelism, not in this build yet; valid: false");
   if (cfg.lora.rank > 0) user_error("lora.rank: LoRA is not in this build yet; valid: 0");
+}
+
+void validate_run(const Config& cfg, int64_t world_size) {
+  validate_layout(cfg, world_size);
+  const auto& p = cfg.parallel;
   if (cfg.train.eval_every > 0 && cfg.data.eval.empty())
     user_error("train.eval_every: ", cfg.train.eval_every, " needs data.eval");
+#ifndef KILN_WITH_NCCL
+  if (p.backend == Backend::nccl)
+    user_error("parallel.backend: nccl, but this kiln was built without NCCL; use auto or mpi");
+#endif
+  if (p.backend == Backend::nccl && cfg.train.device == DeviceChoice::cpu)
+    user_error("parallel.backend: nccl needs CUDA tensors (a GPU run); use auto or mpi on the CPU");
+  // Data options that no data can make right.
+  if (cfg.data.mixture.empty()) user_error("data.mixture: required (a data.json, a .jsonl or a `kiln prep` dir)");
+  if (cfg.data.mix == MixMode::telechat && !cfg.data.schedule.empty() && !cfg.data.redraw_each_epoch)
+    user_error(
+        "data.schedule: with data.mix: telechat the pool is drawn once, so a schedule would never "
+        "apply; set data.redraw_each_epoch: true (a new pool, with the weights then in force, "
+        "every epoch) or drop the schedule");
+  chat_template(cfg.data.chat_template, cfg.data.custom_template);  // unknown name, custom without {content}
 }
 
 std::string to_yaml(const Config& cfg) {

@@ -21,6 +21,11 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
 // Layout checks that need the world size: tp*pp*dp == world, heads % tp, layers % (pp*vpp),
 // global batch % (micro batch * dp). Throws UserError naming the key.
 void validate_layout(const Config& cfg, int64_t world_size);
+// Everything `kiln train` refuses from the config alone at `world_size` processes: the layout,
+// what this build cannot run, and options no data can make right. `kiln plan --world N` and
+// `kiln train` both call it, so they refuse the same configs with the same message; what depends
+// on the machine or the inputs (files, devices, checkpoints) is checked by train when it opens them.
+void validate_run(const Config& cfg, int64_t world_size);
 
 // dp = world / (tp*pp); accumulation steps = global / (micro * dp).
 int64_t data_parallel_size(const Config& cfg, int64_t world_size);

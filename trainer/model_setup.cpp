@@ -18,21 +18,18 @@ namespace kiln {
 
 ComputeSetup compute_setup(const Config& cfg) {
   ComputeSetup s;
-  const bool cuda = cfg.train.device == "cuda" || (cfg.train.device == "auto" && torch::cuda::is_available());
+  const bool cuda = cfg.train.device == DeviceChoice::cuda || (cfg.train.device == DeviceChoice::automatic && torch::cuda::is_available());
   if (cuda) {
     if (!torch::cuda::is_available())
       user_error("train.device: cuda, but no CUDA device is available; valid here: cpu | auto");
     s.device = c10::Device(c10::kCUDA);
   }
-  const std::string& p = cfg.train.precision;
-  if (p == "bf16")
-    s.dtype = c10::kBFloat16;
-  else if (p == "fp16")
-    s.dtype = c10::kHalf;
-  else if (p == "fp32")
-    s.dtype = c10::kFloat;
-  else
-    s.dtype = cuda ? c10::kBFloat16 : c10::kFloat;  // auto
+  switch (cfg.train.precision) {
+    case Precision::bf16: s.dtype = c10::kBFloat16; break;
+    case Precision::fp16: s.dtype = c10::kHalf; break;
+    case Precision::fp32: s.dtype = c10::kFloat; break;
+    case Precision::automatic: s.dtype = cuda ? c10::kBFloat16 : c10::kFloat; break;
+  }
   return s;
 }
 

@@ -34,7 +34,7 @@ std::string show_schedule(const std::vector<MixPoint>& s) {
 }
 
 std::string show_rope(const RopeScaling& r) {
-  return r.type == "none" ? "none" : str(r.type, " x", r.factor);
+  return r.type == RopeType::none ? "none" : str(r.type, " x", r.factor);
 }
 
 }  // namespace
@@ -90,13 +90,13 @@ std::vector<ResumeFinding> compare_for_resume(const Config& ckpt, int64_t ckpt_d
        "the schedule decays to the new floor; " + lr_now);
   warn("train.warmup_steps", show(ckpt.train.warmup_steps), show(now.train.warmup_steps),
        "the warmup follows the new length; " + lr_now);
-  warn("train.schedule", ckpt.train.schedule, now.train.schedule,
+  warn("train.schedule", name_of(ckpt.train.schedule), name_of(now.train.schedule),
        "the decay follows the new shape; " + lr_now);
   warn("train.steps", show(ckpt.train.steps), show(now.train.steps),
        str("the run ends at step ", now.train.steps, " and the schedule decays over it; ", lr_now));
   warn("data.mixture", show(ckpt.data.mixture), show(now.data.mixture),
        str("the rows from ", at, " are drawn from the new mixture (its sources must keep their names)"));
-  warn("data.mix", ckpt.data.mix, now.data.mix,
+  warn("data.mix", name_of(ckpt.data.mix), name_of(now.data.mix),
        str("the rows from ", at, " are drawn by the new mixing rule"));
   warn("data.schedule", show_schedule(ckpt.data.schedule), show_schedule(now.data.schedule),
        str("the source weights from ", at, " follow the new schedule"));

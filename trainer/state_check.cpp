@@ -3,8 +3,9 @@
 
 #include <ATen/ATen.h>
 
-#include "parallel/communicator.h"
 #include "base/error.h"
+#include "models/safetensors.h"
+#include "parallel/communicator.h"
 
 namespace kiln {
 namespace {
@@ -44,6 +45,24 @@ void require_finite_checkpoint(const std::string& dir, const std::vector<TensorS
     user_error(dir, ": tensor '", bad,
                "' holds NaN or infinite values; refusing to resume from it; set train.resume to an earlier "
                "checkpoint directory (step-*)");
+}
+
+std::string first_non_finite_in_shard(const std::string& path) {
+  SafetensorsFile file(path);
+  for (const std::string& key : file.names()) {
+    const at::Tensor t = file.tensor(key);
+    if (at::isFloatingType(t.scalar_type()) && !finite(t)) return key.substr(0, key.find('#'));
+  }
+  return "";
+}
+
+std::string non_finite_problem(const std::string& path) {
+  try {
+    const std::string bad = first_non_finite_in_shard(path);
+    return bad.empty() ? "" : "tensor '" + bad + "' holds NaN or infinite values";
+  } catch (const UserError& e) {
+    return e.what();
+  }
 }
 
 void require_some_step_trained(int64_t steps, int64_t skipped, const std::string& resumed_from) {

@@ -29,6 +29,14 @@ void require_finite_state(Communicator& world, const c10::Device& device,
 // finite (the same on every rank: every rank reads the same slices).
 void require_finite_checkpoint(const std::string& dir, const std::vector<TensorSlice>& slices);
 
+// The first tensor of a checkpoint shard file (safetensors) holding a NaN or an infinity, as
+// "master/NAME" (its slice suffix dropped); "" when all are finite. verify_checkpoint calls it, so
+// such a checkpoint is skipped for an earlier one like a corrupt one (checkpoint.h).
+std::string first_non_finite_in_shard(const std::string& path);
+// verify_checkpoint's line for a shard file: "tensor 'NAME' holds NaN or infinite values", the
+// file's own error when it cannot be read, "" when it is finite.
+std::string non_finite_problem(const std::string& path);
+
 // UserError when `steps` > 0 steps ran and all `skipped` of them were skipped (non-finite gradients):
 // such a run trained nothing and must not end as a success or save its position as progress.
 void require_some_step_trained(int64_t steps, int64_t skipped, const std::string& resumed_from);

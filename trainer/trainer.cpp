@@ -91,10 +91,10 @@ void truncate_metrics(const fs::path& path, int64_t step) {
   write_file_atomic(path.string(), kept);
 }
 
-void install_activation_checkpointing(LlamaImpl& model, const std::string& mode) {
-  if (mode == "selective") {
+void install_activation_checkpointing(LlamaImpl& model, Checkpointing mode) {
+  if (mode == Checkpointing::selective) {
     for (auto& layer : model.layers) layer->self_attn->recompute_core = true;
-  } else if (mode == "full") {
+  } else if (mode == Checkpointing::full) {
     const int64_t first_layer = model.stage().has_embedding ? 1 : 0;
     const int64_t end_layer = first_layer + static_cast<int64_t>(model.layers.size());
     model.set_unit_runner([first_layer, end_layer](int64_t unit, const at::Tensor& x,
@@ -217,7 +217,7 @@ void Trainer::restore() {
 
 StepStats Trainer::step(int64_t step) {
   auto t0 = std::chrono::steady_clock::now();
-  const bool per_sample = cfg_.data.loss_average == "sample";
+  const bool per_sample = cfg_.data.loss_average == LossAverage::sample;
   optimizer_->zero_grad();
   std::vector<MicroBatch> micro(accum_);
   at::Tensor counts = at::zeros({2}, at::kDouble);  // [trained tokens, samples] of the global batch
@@ -318,10 +318,10 @@ TrainResult Trainer::run() {
   restore();
   model_->to(setup_.device, setup_.dtype);
   // The fp32 optimizer state follows the model, unless offloaded to the host.
-  optimizer_->to(cfg_.train.optimizer_offload == "cpu" ? c10::Device(c10::kCPU) : setup_.device);
-  if (cfg_.train.optimizer_offload == "cpu" && setup_.device.is_cuda())
+  optimizer_->to(cfg_.train.optimizer_offload == Offload::cpu ? c10::Device(c10::kCPU) : setup_.device);
+  if (cfg_.train.optimizer_offload == Offload::cpu && setup_.device.is_cuda())
     log0("optimizer_offload: cpu: fp32 master weights and AdamW moments stay on the host");
-  if (cfg_.parallel.zero == 3 && cfg_.train.activation_checkpointing == "full")
+  if (cfg_.parallel.zero == 3 && cfg_.train.activation_checkpointing == Checkpointing::full)
     log0("activation checkpointing: ZeRO-3 already recomputes each layer in backward (it re-gathers it)");
   else
     install_activation_checkpointing(*model_, cfg_.train.activation_checkpointing);
@@ -417,7 +417,7 @@ TrainResult Trainer::run() {
 }  // namespace
 
 TrainResult train(const Config& cfg, const TrainOptions& opts) {
-  validate_layout(cfg, launch_info().world_size);
+  validate_run(cfg, launch_info().world_size);
   if (cfg.train.threads > 0) at::set_num_threads(static_cast<int>(cfg.train.threads));
   Trainer trainer(cfg, opts);
   return trainer.run();

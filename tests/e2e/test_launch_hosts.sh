@@ -18,6 +18,10 @@ while [[ "\${1:-}" == -* ]]; do shift; done
 host=\$1; shift
 echo "\$host" >>"$WORK/agent-hosts"
 export KILN_HOST_NAME=\$host
+# Each "host" keeps its own OpenMPI session directory, as separate machines do: two daemons making
+# theirs under one /tmp race ("A call to mkdir was unable to create ... File exists") and hang.
+mkdir -p "$WORK/ompi-\$host"
+export OMPI_MCA_orte_tmpdir_base="$WORK/ompi-\$host"
 fails=\$(cat "$WORK/\$host.fails" 2>/dev/null || echo 0)
 if [ "\$host" = nodeB ] && [ "\$fails" -lt 2 ]; then
   echo \$((fails + 1)) >"$WORK/\$host.fails"

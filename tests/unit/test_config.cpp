@@ -28,7 +28,7 @@ TEST(Config, DefaultsAndValues) {
   EXPECT_DOUBLE_EQ(c.train.lr, 1e-3);
   EXPECT_EQ(c.train.steps, 7);
   EXPECT_DOUBLE_EQ(c.train.betas[0], 0.8);
-  EXPECT_EQ(c.train.schedule, "cosine");  // default
+  EXPECT_EQ(c.train.schedule, LrSchedule::cosine);  // default
 }
 
 TEST(Config, UnknownKeyNamesFileLineAndClosestKey) {
@@ -155,7 +155,7 @@ TEST(Config, HfInitTakesShapeFromConfigJsonUnlessGiven) {
   EXPECT_EQ(c.model.hidden_size, 64);
   EXPECT_EQ(c.model.num_layers, 3);
   EXPECT_EQ(c.model.kv_heads(), 2);
-  EXPECT_EQ(c.model.rope_scaling.type, "linear");
+  EXPECT_EQ(c.model.rope_scaling.type, RopeType::linear);
   EXPECT_EQ(c.model.max_seq_len, 4096);  // written in the YAML: kept
 }
 

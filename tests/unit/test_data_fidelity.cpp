@@ -277,7 +277,7 @@ TEST(DataOrder, SourcesFollowDataJsonOrder) {
   DataConfig d;
   const StoreData sd = store_data(store);
   const std::string table =
-      format_mix_table(mix_shares(sd.lengths, sd.names, sd.weights, sd.formats, d, 1), "proportional");
+      format_mix_table(mix_shares(sd.lengths, sd.names, sd.weights, sd.formats, d, 1), MixMode::proportional);
   EXPECT_LT(table.find("zeta.jsonl"), table.find("alpha.jsonl"));
   EXPECT_LT(table.find("alpha.jsonl"), table.find("mid.jsonl"));
 }
@@ -325,7 +325,7 @@ TEST(DataTelechat, PoolIsGetWeightDataDrawnOnce) {
   EXPECT_EQ(per_source[0], 60);
   EXPECT_EQ(per_source[1], 40);
 
-  Mixer m("telechat", lengths, seed);
+  Mixer m(MixMode::telechat, lengths, seed);
   m.next(w);
   const auto epoch1 = m.pool();
   EXPECT_EQ(counts(epoch1), expected);
@@ -346,7 +346,7 @@ TEST(DataTelechat, PoolIsGetWeightDataDrawnOnce) {
   // redraw_each_epoch: epoch 2 draws pool number 1 from its own stream.
   MixerOptions redraw;
   redraw.redraw_each_epoch = true;
-  Mixer r("telechat", lengths, seed, redraw);
+  Mixer r(MixMode::telechat, lengths, seed, redraw);
   r.next(w);
   EXPECT_EQ(counts(r.pool()), expected);
   for (size_t i = 1; i < r.pool().size(); ++i) r.next(w);
@@ -359,7 +359,7 @@ TEST(DataTelechat, PoolIsGetWeightDataDrawnOnce) {
 
 TEST(DataTelechat, ScheduleNeedsRedraw) {
   DataConfig d;
-  d.mix = "telechat";
+  d.mix = MixMode::telechat;
   d.schedule.push_back({0, {{"a", 1.0}}});
   try {
     RowStream rows(SampleLengths{{5, 5}}, {"a"}, {1.0}, d, 1, 2);
@@ -415,13 +415,13 @@ TEST(DataMixTable, ProportionalVersusTelechatShares) {
   EXPECT_DOUBLE_EQ(prop[1].sample_share, 0.5);
   EXPECT_DOUBLE_EQ(prop[0].epoch_samples, 25.0);  // 450 tokens per epoch, half each
   EXPECT_DOUBLE_EQ(prop[1].passes, 2.5);
-  d.mix = "telechat";
+  d.mix = MixMode::telechat;
   auto tc = mix_shares(lengths, names, {1.0, 1.0}, {"text", "text"}, d, 1);
   EXPECT_DOUBLE_EQ(tc[0].sample_share, 0.8);
   EXPECT_DOUBLE_EQ(tc[1].sample_share, 0.2);
   EXPECT_DOUBLE_EQ(tc[0].epoch_tokens, 360.0);
   EXPECT_EQ(tc[1].samples, 10);
-  const std::string table = format_mix_table(tc, "telechat");
+  const std::string table = format_mix_table(tc, MixMode::telechat);
   EXPECT_NE(table.find("data.mix: telechat"), std::string::npos);
   EXPECT_NE(table.find("80.00%"), std::string::npos) << table;
   EXPECT_NE(table.find("20.00%"), std::string::npos) << table;

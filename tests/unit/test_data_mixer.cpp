@@ -28,7 +28,7 @@ TEST(DataMixer, TelechatPoolCopiesPerWeight) {
   // {2.0, 1.0, 0.5} over 1000 samples each: one epoch's pool holds every sample of source 0
   // exactly twice, every sample of source 1 exactly once, and each sample of source 2 at
   // most once, about half of them (Binomial(1000, 0.5): 500 +- 16, 6 sigma below).
-  Mixer m("telechat", equal_lengths({1000, 1000, 1000}, 5), 42);
+  Mixer m(MixMode::telechat, equal_lengths({1000, 1000, 1000}, 5), 42);
   const std::vector<double> w = {2.0, 1.0, 0.5};
   std::vector<std::map<int64_t, int>> seen(3);  // [source] doc -> copies in the first pool
   for (SampleRef r = m.next(w); m.epoch() == 1; r = m.next(w)) ++seen[r.source][r.doc];
@@ -48,7 +48,7 @@ TEST(DataMixer, TelechatPoolCopiesPerWeight) {
 TEST(DataMixer, TelechatFractionalWeightAndSeeding) {
   // w = 1.5: every sample once, and a second copy for about half of them.
   auto draw_epoch = [](uint64_t seed) {
-    Mixer m("telechat", equal_lengths({2000}, 5), seed);
+    Mixer m(MixMode::telechat, equal_lengths({2000}, 5), seed);
     std::vector<int64_t> order;  // the first pool, in draw order
     for (SampleRef r = m.next({1.5}); m.epoch() == 1; r = m.next({1.5})) order.push_back(r.doc);
     return std::make_pair(order.size(), order);
@@ -65,7 +65,7 @@ TEST(DataMixer, TelechatFractionalWeightAndSeeding) {
 TEST(DataMixer, ProportionalExactCountsForTwoOneHalf) {
   // Equal-length samples, weights {2, 1, 0.5} = {4/7, 2/7, 1/7}: every 7 draws hold exactly
   // 4, 2 and 1 samples, and at any point each source's tokens are within one sample of its share.
-  Mixer m("proportional", equal_lengths({50, 50, 50}, 10), 3);
+  Mixer m(MixMode::proportional, equal_lengths({50, 50, 50}, 10), 3);
   const std::vector<double> w = {2.0, 1.0, 0.5};
   for (int block = 1; block <= 100; ++block) {
     for (int i = 0; i < 7; ++i) {
@@ -83,7 +83,7 @@ TEST(DataMixer, ProportionalTracksTokenShareWithUnequalLengths) {
   std::vector<std::vector<int64_t>> lengths(3);
   for (int s = 0; s < 3; ++s)
     for (int d = 0; d < 97; ++d) lengths[s].push_back(1 + (d * 37 + s * 11) % 200);
-  Mixer m("proportional", lengths, 5);
+  Mixer m(MixMode::proportional, lengths, 5);
   const std::vector<double> w = {2.0, 1.0, 0.5};
   for (int i = 0; i < 5000; ++i) {
     m.next(w);
@@ -94,7 +94,7 @@ TEST(DataMixer, ProportionalTracksTokenShareWithUnequalLengths) {
 }
 
 TEST(DataMixer, ProportionalVisitsEverySampleOncePerPass) {
-  Mixer m("proportional", equal_lengths({13}, 4), 9);
+  Mixer m(MixMode::proportional, equal_lengths({13}, 4), 9);
   // Each pass of 13 draws is one permutation of the 13 samples (not only 3 of each over 39),
   // and the passes are shuffled apart.
   std::vector<std::vector<int64_t>> passes(3);
@@ -202,7 +202,7 @@ DataConfig rows_config(int64_t seq_len, bool packing) {
   DataConfig d;
   d.seq_len = seq_len;
   d.packing = packing;
-  d.mix = "proportional";
+  d.mix = MixMode::proportional;
   return d;
 }
 

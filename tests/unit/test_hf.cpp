@@ -96,7 +96,7 @@ class Hf : public ::testing::Test {
 
 TEST_F(Hf, ReadsLinearGqaUntiedConfigWrittenByTransformers) {
   ModelConfig c = read_hf_config(kFixtures + "llama_linear");
-  EXPECT_EQ(c.arch, "llama");
+  EXPECT_EQ(c.arch, Arch::llama);
   EXPECT_EQ(c.vocab_size, 96);
   EXPECT_EQ(c.hidden_size, 64);
   EXPECT_EQ(c.num_layers, 3);
@@ -106,16 +106,16 @@ TEST_F(Hf, ReadsLinearGqaUntiedConfigWrittenByTransformers) {
   EXPECT_EQ(c.max_seq_len, 64);
   EXPECT_DOUBLE_EQ(c.norm_eps, 1e-5);
   EXPECT_DOUBLE_EQ(c.rope_theta, 10000.0);
-  EXPECT_EQ(c.rope_scaling.type, "linear");
+  EXPECT_EQ(c.rope_scaling.type, RopeType::linear);
   EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 2.0);
   EXPECT_FALSE(c.tie_embeddings);
-  EXPECT_EQ(c.position, "rope");
+  EXPECT_EQ(c.position, Position::rope);
   EXPECT_EQ(c.init_from, "none");
 }
 
 TEST_F(Hf, ReadsLlama3Config) {
   ModelConfig c = read_hf_config(kFixtures + "llama_llama3");
-  EXPECT_EQ(c.rope_scaling.type, "llama3");
+  EXPECT_EQ(c.rope_scaling.type, RopeType::llama3);
   EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 8.0);
   EXPECT_DOUBLE_EQ(c.rope_scaling.low_freq_factor, 1.0);
   EXPECT_DOUBLE_EQ(c.rope_scaling.high_freq_factor, 4.0);
@@ -126,7 +126,7 @@ TEST_F(Hf, ReadsLlama3Config) {
 
 TEST_F(Hf, ReadsDynamicTiedConfig) {
   ModelConfig c = read_hf_config(kFixtures + "llama_dynamic_tied");
-  EXPECT_EQ(c.rope_scaling.type, "dynamic");
+  EXPECT_EQ(c.rope_scaling.type, RopeType::dynamic);
   EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 2.0);
   EXPECT_EQ(c.max_seq_len, 16);
   EXPECT_EQ(c.rope_scaling.original_max_seq_len, 16);  // transformers scales against max_position_embeddings
@@ -144,14 +144,14 @@ TEST_F(Hf, ReadsTransformersV4Layout) {
   EXPECT_EQ(c.num_kv_heads, 32);       // absent = multi-head attention
   EXPECT_DOUBLE_EQ(c.norm_eps, 1e-6);  // transformers' default
   EXPECT_DOUBLE_EQ(c.rope_theta, 1e6);
-  EXPECT_EQ(c.rope_scaling.type, "linear");
+  EXPECT_EQ(c.rope_scaling.type, RopeType::linear);
   EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 4.0);
   EXPECT_TRUE(c.tie_embeddings);
 
   j["rope_scaling"] = {{"rope_type", "default"}};
-  EXPECT_EQ(read_hf_config(config_dir(j)).rope_scaling.type, "none");
+  EXPECT_EQ(read_hf_config(config_dir(j)).rope_scaling.type, RopeType::none);
   j.erase("rope_scaling");
-  EXPECT_EQ(read_hf_config(config_dir(j)).rope_scaling.type, "none");
+  EXPECT_EQ(read_hf_config(config_dir(j)).rope_scaling.type, RopeType::none);
 }
 
 TEST_F(Hf, ReadsBaichuanConfigs) {
@@ -160,15 +160,15 @@ TEST_F(Hf, ReadsBaichuanConfigs) {
              {"num_hidden_layers", 32},         {"num_attention_heads", 32}, {"intermediate_size", 11008},
              {"max_position_embeddings", 4096}, {"rms_norm_eps", 1e-6},      {"hidden_act", "silu"}};
   ModelConfig c7 = read_hf_config(config_dir(b7));
-  EXPECT_EQ(c7.arch, "baichuan");
-  EXPECT_EQ(c7.position, "rope");
+  EXPECT_EQ(c7.arch, Arch::baichuan);
+  EXPECT_EQ(c7.position, Position::rope);
   EXPECT_EQ(c7.kv_heads(), 32);
   // Baichuan-13B: ALiBi, context in model_max_length.
   json b13 = {{"model_type", "baichuan"}, {"vocab_size", 64000},       {"hidden_size", 5120},
               {"num_hidden_layers", 40},  {"num_attention_heads", 40}, {"intermediate_size", 13696},
               {"model_max_length", 4096}, {"rms_norm_eps", 1e-6}};
   ModelConfig c13 = read_hf_config(config_dir(b13));
-  EXPECT_EQ(c13.position, "alibi");
+  EXPECT_EQ(c13.position, Position::alibi);
   EXPECT_EQ(c13.max_seq_len, 4096);
   EXPECT_EQ(c13.ffn_hidden_size, 13696);
 }
@@ -477,7 +477,7 @@ TEST_F(Hf, SaveRefusesNonEmptyDirectoryAndAlibi) {
   EXPECT_FALSE(fs::exists(out + "/stale"));
   EXPECT_TRUE(fs::exists(out + "/model.safetensors"));
   expect_user_error([&] { save_hf(named, c, out); }, out + ": already exists and is not empty");
-  c.position = "alibi";
+  c.position = Position::alibi;
   expect_user_error([&] { save_hf(named, c, dir_ + "/alibi"); }, "cannot export an ALiBi model");
   EXPECT_FALSE(fs::exists(dir_ + "/alibi"));
 }

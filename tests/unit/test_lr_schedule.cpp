@@ -16,7 +16,7 @@ TrainConfig schedule(const std::string& kind, int64_t steps, int64_t warmup) {
   t.min_lr = 0.1;
   t.steps = steps;
   t.warmup_steps = warmup;
-  t.schedule = kind;
+  EXPECT_TRUE(parse_choice(kind, &t.schedule)) << kind;
   return t;
 }
 

@@ -60,7 +60,7 @@ TEST(Model, PackedSamplesDoNotAttendToEachOther) { expect_no_cross_attention(tin
 
 TEST(Model, PackedSamplesDoNotAttendToEachOtherWithAlibi) {
   ModelConfig c = tiny_config();
-  c.position = "alibi";
+  c.position = Position::alibi;
   expect_no_cross_attention(c);
 }
 
@@ -100,7 +100,7 @@ TEST(Model, RecomputationGivesTheSameGradients) {
 
 TEST(Model, LinearRopeScalingStretchesPositions) {
   ModelConfig none = tiny_config(), linear = tiny_config();
-  linear.rope_scaling.type = "linear";
+  linear.rope_scaling.type = RopeType::linear;
   linear.rope_scaling.factor = 2.0;
   RopeTables a = rope_tables(none, 32, at::kFloat), b = rope_tables(linear, 64, at::kFloat);
   for (int64_t p : {0, 3, 10, 31}) EXPECT_LT((b.cos[2 * p] - a.cos[p]).abs().max().item<double>(), 1e-5) << p;
@@ -108,7 +108,7 @@ TEST(Model, LinearRopeScalingStretchesPositions) {
 
 TEST(Model, DynamicNtkLeavesShortSequencesAlone) {
   ModelConfig none = tiny_config(), dyn = tiny_config();
-  dyn.rope_scaling.type = "dynamic";
+  dyn.rope_scaling.type = RopeType::dynamic;
   dyn.rope_scaling.factor = 4.0;
   EXPECT_TRUE(at::allclose(rope_inv_freq(dyn, 32), rope_inv_freq(none, 32)));
   // Longer than the original context: the base grows by (f*L/M - (f-1))^(d/(d-2)).
@@ -172,7 +172,7 @@ namespace {
 // The rotary tables are cached across forwards; a cache filled by a shorter (or, for dynamic NTK,
 // differently scaled) batch must give exactly what a fresh model computes.
 TEST(Model, CachedRopeTablesEqualFreshOnes) {
-  for (const char* type : {"none", "linear", "dynamic"}) {
+  for (RopeType type : {RopeType::none, RopeType::linear, RopeType::dynamic}) {
     ModelConfig c = tiny_config();
     c.max_seq_len = 16;  // dynamic NTK grows the base past 16 positions
     c.rope_scaling.type = type;

@@ -6,21 +6,23 @@
 #include <gtest/gtest.h>
 #include <xxhash.h>
 
-#include <nlohmann/json.hpp>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <nlohmann/json.hpp>
+#include <sstream>
+#include <tuple>
 
+#include "base/error.h"
 #include "models/safetensors.h"
 #include "parallel/communicator.h"
 #include "test_data_util.h"
 #include "test_train_util.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
-#include "base/error.h"
 #include "trainer/resume_policy.h"
 #include "trainer/run_dir.h"
 #include "trainer/state_check.h"
@@ -136,6 +138,71 @@ TEST(RunDir, EnvironmentCheckedAtStart) {
              "one checkpoint needs about");
 }
 
+// check_run_dir_environment(run_dir, 0) as a user the permission bits apply to: in a child that
+// drops to nobody when the test runs as root (root writes through any mode). The error's text.
+std::string environment_error_as_user(const std::string& run_dir) {
+  int fds[2];
+  if (::pipe(fds) != 0) return "(pipe failed)";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    std::string msg = "(no error)";
+    if (::geteuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0))
+      msg = "(cannot drop root)";
+    else {
+      try {
+        check_run_dir_environment(run_dir, 0);
+      } catch (const UserError& e) {
+        msg = e.what();
+      }
+    }
+    [[maybe_unused]] const ssize_t n = ::write(fds[1], msg.data(), msg.size());
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string out;
+  char buf[512];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof(buf))) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return out;
+}
+
+TEST(RunDir, UnwritableRunDirIsNamedAtStart) {
+  TempDir dir;
+  const auto r_x = fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
+                   fs::perms::group_exec | fs::perms::others_read | fs::perms::others_exec;
+  fs::permissions(dir.str(), r_x | fs::perms::owner_write);  // nobody may walk into it
+  fs::create_directories(dir / "ro/checkpoints");
+  fs::create_directories(dir / "bare");
+  fs::permissions(dir / "ro/checkpoints", r_x);
+  fs::permissions(dir / "bare", r_x);
+  // checkpoints/ there but read-only: the write probe names it.
+  EXPECT_EQ(environment_error_as_user(dir / "ro"),
+            str("train.run_dir: ", dir / "ro/checkpoints",
+                " is not writable (Permission denied); set a writable train.run_dir"));
+  // run_dir read-only, checkpoints/ not there yet: it cannot be made.
+  EXPECT_EQ(environment_error_as_user(dir / "bare"),
+            str("train.run_dir: cannot create ", dir / "bare/checkpoints",
+                ": Permission denied; set a writable train.run_dir"));
+  fs::permissions(dir / "ro/checkpoints", fs::perms::all);
+  EXPECT_EQ(environment_error_as_user(dir / "ro"), "(no error)");  // writable again: accepted
+}
+
+TEST(RunDir, TrainChecksSpaceForOneCheckpointBeforeAnyStep) {
+  TempDir dir;
+  // A model whose checkpoint (12 bytes a parameter) no disk holds; its shape-only config is all
+  // the check reads, so nothing of that size is ever allocated.
+  const Config big = tiny(dir, "run", {"model.hidden_size=65536", "model.num_layers=1000"});
+  ASSERT_GT(checkpoint_bytes(big), int64_t(1) << 48);  // 256 TiB
+  const std::string err = error_of([&] { train(big); });
+  EXPECT_HAS(err, str("train.run_dir: ", checkpoint_root(dir / "run"), " has "));
+  EXPECT_HAS(err, str(" free, one checkpoint needs about ", checkpoint_bytes(big) / (1 << 20), " MiB"));
+  EXPECT_FALSE(fs::exists(dir / "run/metrics.jsonl"));  // nothing trained
+  EXPECT_FALSE(fs::exists(dir / "run/config.yaml"));
+}
+
 TEST(RunDir, TrainRefusesARunDirThatIsAFileBeforeAnyStep) {
   TempDir dir;
   test::write_text(dir / "run", "not a directory");
@@ -194,18 +261,44 @@ void poke_optimizer_state(const std::string& ckpt, const std::string& name, floa
   test::write_text(ckpt + "/state.json", state.dump(2));
 }
 
-TEST(StateCheck, NaNCheckpointIsRefusedAndNothingSaved) {
+// A checkpoint holding NaN (saved by an older kiln, or damaged with its checksums rewritten) is
+// unusable like a corrupt one: verify names the file and the tensor, auto-resume skips it for the
+// earlier one (with a warning) and the run ends with the uninterrupted losses; when it is the only
+// one, or named by train.resume, the run is refused and nothing is saved.
+TEST(StateCheck, NaNCheckpointIsSkippedForTheEarlierOneOrRefused) {
   TempDir dir;
-  Config cfg = tiny(dir, "run");
+  const std::vector<double> whole = train(tiny(dir, "whole")).losses;
+  Config cfg = tiny(dir, "run", {"checkpoint.every=1", "checkpoint.keep_last=5"});
+  TrainOptions three;
+  three.exit_after = 3;
+  train(cfg, three);
+  const std::string root = checkpoint_root(cfg.train.run_dir);
+  const std::string nan_ckpt = root + "/step-00000003";
+  poke_optimizer_state(nan_ckpt, "master/model.layers.0.mlp.up_proj.weight", NAN);
+  const std::string problem = nan_ckpt +
+                              "/shard-00000-of-00001.safetensors: tensor "
+                              "'master/model.layers.0.mlp.up_proj.weight' holds NaN or infinite values";
+  EXPECT_EQ(verify_checkpoint(nan_ckpt).problem, problem);
+  testing::internal::CaptureStderr();
+  const TrainResult rest = train(cfg);
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(rest.first_step, 2);
+  EXPECT_HAS(log, "warning: checkpoint " + nan_ckpt + " skipped: " + problem);
+  EXPECT_EQ(metric_losses(cfg.train.run_dir), whole);
+  EXPECT_TRUE(verify_checkpoint(nan_ckpt).ok());  // saved again, from finite state
+
+  Config only = tiny(dir, "only");
   TrainOptions two;
   two.exit_after = 2;
-  train(cfg, two);
-  const std::string ckpt = checkpoint_root(cfg.train.run_dir) + "/step-00000002";
-  poke_optimizer_state(ckpt, "master/model.layers.0.mlp.up_proj.weight", NAN);
-  const std::string err = error_of([&] { train(cfg); });
-  EXPECT_HAS(err,
-             "step-00000002: tensor 'master/model.layers.0.mlp.up_proj.weight' holds NaN or infinite values");
-  EXPECT_EQ(complete_checkpoints(cfg.train.run_dir).size(), 1u);  // no NaN checkpoint written
+  train(only, two);
+  const std::string ckpt = checkpoint_root(only.train.run_dir) + "/step-00000002";
+  poke_optimizer_state(ckpt, "exp_avg_sq/lm_head.weight", INFINITY);
+  EXPECT_HAS(error_of([&] { train(only); }),
+             "no usable checkpoint in " + checkpoint_root(only.train.run_dir));
+  EXPECT_HAS(error_of([&] { train(tiny(dir, "elsewhere", {"train.resume=" + ckpt})); }),
+             "tensor 'exp_avg_sq/lm_head.weight' holds NaN or infinite values");
+  EXPECT_EQ(complete_checkpoints(only.train.run_dir).size(), 1u);  // no NaN checkpoint written
+  EXPECT_FALSE(fs::exists(dir / "elsewhere/checkpoints/latest"));
   EXPECT_EQ(first_non_finite({}, {{"w", at::tensor({1.0f, INFINITY})}}), "w");
   EXPECT_EQ(first_non_finite({}, {{"w", at::tensor({1.0f, 2.0f})}}), "");
 }
@@ -224,6 +317,26 @@ TEST(StateCheck, NoCheckpointFromNonFiniteState) {
                require_finite_state(*world, cpu, {ok}, {{"w", at::tensor({NAN})}}, "x");
              }),
              "x: 'w' holds NaN or infinite values");
+}
+
+// Finite weights and gradients, but a first moment so large that the AdamW update overflows:
+// step 3 leaves infinite master weights, and its checkpoint is refused before anything is written.
+TEST(StateCheck, TrainNeverSavesNonFiniteState) {
+  TempDir dir;
+  Config cfg = tiny(dir, "run", {"checkpoint.every=1", "checkpoint.keep_last=5"});
+  TrainOptions two;
+  two.exit_after = 2;
+  train(cfg, two);
+  poke_optimizer_state(checkpoint_root(cfg.train.run_dir) + "/step-00000002",
+                       "exp_avg/model.layers.0.mlp.up_proj.weight", 3e38f);
+  const std::string err = error_of([&] { train(cfg); });
+  EXPECT_HAS(err, "not saving the checkpoint of step 3: '");
+  EXPECT_HAS(err, "model.layers.0.mlp.up_proj.weight' holds NaN or infinite values");
+  const auto left = complete_checkpoints(cfg.train.run_dir);
+  ASSERT_EQ(left.size(), 2u);  // steps 1 and 2: nothing of step 3, not even a temporary directory
+  EXPECT_EQ(left.back().first, 2);
+  EXPECT_FALSE(fs::exists(checkpoint_root(cfg.train.run_dir) + "/step-00000003.tmp"));
+  EXPECT_EQ(fs::path(auto_resume_checkpoint(cfg.train.run_dir)).filename(), "step-00000002");
 }
 
 TEST(StateCheck, ARunWhoseEveryStepIsSkippedFails) {
@@ -304,6 +417,91 @@ TEST(ResumePolicy, TrainRefusesAChangedLayerCountNamingBothValues) {
   TrainResult longer = train(tiny(dir, "run", {"train.steps=3", "data.seq_len=48"}));
   EXPECT_EQ(longer.first_step, 2);
   EXPECT_EQ(longer.last_step, 3);
+}
+
+// check_resume_compatibility on a real checkpoint (its stored config.yaml read back), where
+// `sets` change the config: the UserError's text ("" when none) and the lines it logged.
+struct ResumeCheck {
+  std::string error;
+  std::vector<std::string> lines;
+};
+ResumeCheck check_resume(const std::string& ckpt, const Config& cfg) {
+  ResumeCheck r;
+  testing::internal::CaptureStderr();
+  try {
+    check_resume_compatibility(ckpt, cfg, /*world_size=*/1);
+  } catch (const UserError& e) {
+    r.error = e.what();
+  }
+  std::stringstream err(testing::internal::GetCapturedStderr());
+  for (std::string line; std::getline(err, line);)
+    if (!line.empty()) r.lines.push_back(line);
+  return r;
+}
+
+// Every case of the policy (issue 10), each on its own: an unusable change is refused naming the
+// key, the checkpoint's value and the config's, and logs nothing; an allowed change logs exactly
+// one warning line naming its key; an unchanged config logs nothing.
+TEST(ResumePolicy, EachCaseOnARealCheckpoint) {
+  TempDir dir;
+  const Config cfg = tiny(dir, "run", {"train.steps=2"});
+  train(cfg);
+  const std::string ckpt = checkpoint_root(cfg.train.run_dir) + "/step-00000002";
+  fs::copy_file(dir / "data.json", dir / "data2.json");
+  EXPECT_EQ(check_resume(ckpt, tiny(dir, "run", {"train.steps=2"})).lines, std::vector<std::string>{});
+  const std::string ffn = str(cfg.model.ffn_size());
+  for (const auto& [set, key, a, b] :
+       std::vector<std::tuple<std::string, std::string, std::string, std::string>>{
+           {"model.arch=baichuan", "model.arch", "llama", "baichuan"},
+           {"model.vocab_size=800", "model.vocab_size", "700", "800"},
+           {"model.hidden_size=64", "model.hidden_size", "32", "64"},
+           {"model.num_layers=3", "model.num_layers", "2", "3"},
+           {"model.num_layers=1", "model.num_layers", "2", "1"},
+           {"model.num_heads=8", "model.num_heads", "4", "8"},
+           {"model.num_kv_heads=4", "model.num_kv_heads", "2", "4"},
+           {"model.ffn_hidden_size=40", "model.ffn_hidden_size", ffn, "40"},
+           {"model.tie_embeddings=true", "model.tie_embeddings", "false", "true"},
+           {"model.position=alibi", "model.position", "rope", "alibi"},
+           {"lora.rank=4", "lora.rank", "0", "4"}}) {
+    const ResumeCheck r = check_resume(ckpt, tiny(dir, "run", {"train.steps=2", set}));
+    EXPECT_EQ(r.error,
+              str(ckpt, ": ", key, ": the checkpoint has ", a, ", the config ", b,
+                  "; a checkpoint resumes only on its own model shape (set ", key, ": ", a,
+                  ", or start a new train.run_dir, with model.init_from: ckpt:DIR for what still fits)"))
+        << set;
+    EXPECT_EQ(r.lines, std::vector<std::string>{}) << set;
+  }
+  for (const auto& [set, key, from_to] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"data.seq_len=48", "data.seq_len", "32 to 48"},
+           {"train.global_batch_size=8", "train.global_batch_size", "4 to 8"},
+           {"train.lr=0.02", "train.lr", "0.01 to 0.02"},
+           {"train.min_lr=0.002", "train.min_lr", "0.001 to 0.002"},
+           {"train.warmup_steps=3", "train.warmup_steps", "1 to 3"},
+           {"train.schedule=constant", "train.schedule", "cosine to constant"},
+           {"train.steps=9", "train.steps", "2 to 9"},
+           {"data.mixture=" + (dir / "data2.json"), "data.mixture",
+            str(dir / "data.json", " to ", dir / "data2.json")},
+           {"data.mix=telechat", "data.mix", "proportional to telechat"},
+           {"data.schedule=[{step: 5, weights: {pretrain.jsonl: 1, sft_firefly.jsonl: 1}}]", "data.schedule",
+            "[] to [{step: 5, weights: {pretrain.jsonl: 1, sft_firefly.jsonl: 1}}]"},
+           {"model.max_seq_len=128", "model.max_seq_len", "64 to 128"},
+           {"model.rope_scaling.type=linear", "model.rope_scaling", "none to linear x"},
+           {"model.rope_theta=500000", "model.rope_theta", "10000 to 500000"},
+           {"train.seed=7", "train.seed", "1234 to 7"}}) {
+    std::vector<std::string> sets = {set};
+    if (key != "train.steps") sets.insert(sets.begin(), "train.steps=2");
+    const ResumeCheck r = check_resume(ckpt, tiny(dir, "run", sets));
+    EXPECT_EQ(r.error, "") << set;
+    ASSERT_EQ(r.lines.size(), 1u) << set << ": " << testing::PrintToString(r.lines);
+    EXPECT_EQ(r.lines[0].rfind(str("warning: resume: ", key, " changed from ", from_to), 0), 0u)
+        << r.lines[0];
+  }
+  // Several allowed changes at once: one line each, in the policy's order.
+  const ResumeCheck both =
+      check_resume(ckpt, tiny(dir, "run", {"train.steps=2", "data.seq_len=48", "train.seed=7"}));
+  ASSERT_EQ(both.lines.size(), 2u);
+  EXPECT_HAS(both.lines[0], "warning: resume: data.seq_len changed");
+  EXPECT_HAS(both.lines[1], "warning: resume: train.seed changed");
 }
 
 TEST(Launch, RankWorldAndLocalRankFromMpirunOrSlurm) {
