@@ -114,7 +114,7 @@ TEST(DataMixer, ProportionalVisitsEverySampleOncePerPass) {
 // each one permutation of its samples, whatever the other sources do in between.
 TEST(DataMixer, ProportionalEverySourcePassIsOnePermutation) {
   const std::vector<int64_t> sizes = {7, 11, 5};
-  Mixer m("proportional", equal_lengths(sizes, 3), 21);
+  Mixer m(MixMode::proportional, equal_lengths(sizes, 3), 21);
   std::vector<std::vector<int64_t>> draws(3);  // [source] docs in draw order
   for (int i = 0; i < 400; ++i) {
     const SampleRef r = m.next({2.0, 1.0, 0.5});
@@ -139,7 +139,7 @@ TEST(DataMixer, ProportionalEverySourcePassIsOnePermutation) {
 // telechat: every epoch's draws are the one pool (the same multiset of samples, copies
 // included), each epoch in another order.
 TEST(DataMixer, TelechatEveryEpochDrawsThePoolOnce) {
-  Mixer m("telechat", equal_lengths({20, 30, 40}, 5), 17);
+  Mixer m(MixMode::telechat, equal_lengths({20, 30, 40}, 5), 17);
   const std::vector<double> w = {2.0, 1.0, 0.5};
   std::vector<std::vector<std::pair<int32_t, int64_t>>> epochs(4);
   SampleRef r = m.next(w);
