@@ -13,6 +13,10 @@ passed=0
 failed=0
 skipped=0
 report=$(mktemp -d "${TMPDIR:-/tmp}/kiln-test.XXXXXX")
+# Every test makes its temporary files under $TMPDIR and removes them: the suite runs with a
+# TMPDIR of its own, and anything of kiln's left in it at the end is a failure.
+mkdir -p "$report/tmp"
+export TMPDIR=$report/tmp
 
 echo "== unit tests (build/kiln_tests)"
 build/kiln_tests --gtest_color=no --gtest_brief=1 --gtest_filter="${KILN_TEST_FILTER:-*}" \
@@ -65,6 +69,10 @@ if [ -z "${KILN_TEST_FILTER:-}" ]; then
       echo "FAIL $t"; tail -30 "$log"; failed=$((failed + 1))
     fi
   done
+fi
+left=$(find "$report/tmp" -mindepth 1 -maxdepth 1 -name 'kiln*' 2>/dev/null)
+if [ -n "$left" ]; then
+  echo "FAIL temporary files left under TMPDIR:"; echo "$left" | sed 's/^/  /'; failed=$((failed + 1))
 fi
 if [ "$failed" = 0 ]; then rm -rf "$report"; else echo "logs: $report"; fi
 echo "kiln: $passed passed, $failed failed, $skipped skipped"

@@ -23,6 +23,7 @@
 #include "base/log.h"
 #include "trainer/run_dir.h"
 #include "trainer/state_check.h"
+#include "trainer/test_hooks.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -277,6 +278,7 @@ void save_checkpoint(const std::string& run_dir, Communicator& world, const Chec
   int64_t bytes = 0;
   const std::string hash = file_xxh3((tmp / file).string(), bytes);
   KILN_CHECK(bytes >= 0, "cannot read back ", (tmp / file).string());
+  test_fault_point("shards", state.step);  // tests only
 
   // Sizes, checksums and RNG states of every rank, to rank 0.
   const uint64_t h = std::stoull(hash, nullptr, 16);
@@ -312,9 +314,11 @@ void save_checkpoint(const std::string& run_dir, Communicator& world, const Chec
     files_js["config.yaml"] = {{"bytes", cfg_bytes}, {"xxh3_64", cfg_hash}};
     js["files"] = files_js;
     write_file_atomic((tmp / "state.json").string(), js.dump(2));
+    test_fault_point("state", state.step);  // tests only
     if (fs::exists(final_dir)) remove_tree(final_dir.string());
     fs::rename(tmp, final_dir);
     fsync_dir(root.string());
+    test_fault_point("renamed", state.step);  // tests only
     write_file_atomic((root / "latest").string(), name + "\n");
     prune_checkpoints(root.string(), keep_last);  // the highest keep_last steps by number (run_dir.h)
     log0("checkpoint: saved ", final_dir.string());

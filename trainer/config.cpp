@@ -107,7 +107,9 @@ std::string join(const std::vector<std::string>& v, const char* sep) {
 // Relative paths written in the file are relative to the file; --set paths to the cwd.
 std::string resolve_path(const std::string& p, const std::string& key, const YAML::Node& n, const Ctx& ctx) {
   if (p.empty() || fs::path(p).is_absolute() || n.Mark().line < 0 || from_set(ctx, key)) return p;
-  return (fs::path(ctx.base_dir) / p).lexically_normal().string();
+  // Absolute, so that the config stored in the run dir and in every checkpoint still names
+  // the same files when read from there (export, eval of a checkpoint).
+  return fs::absolute(fs::path(ctx.base_dir) / p).lexically_normal().string();
 }
 
 template <typename T>

@@ -12,6 +12,7 @@
 #include "base/error.h"
 #include "base/log.h"
 #include "trainer/model_setup.h"
+#include "trainer/sampling.h"
 #include "trainer/trainer.h"
 
 namespace kiln {
@@ -77,24 +78,7 @@ std::string generate_text(const Config& cfg, const std::string& prompt) {
     at::Tensor logits = model->forward(b).select(1, T - 1).squeeze(0).to(at::kFloat).cpu();  // (V)
     // Rows the tokenizer has no piece for (a model grown past it, padding) are never generated.
     logits = logits.narrow(0, 0, std::min<int64_t>(logits.size(0), tok.vocab_size()));
-    int64_t next;
-    if (g.temperature <= 0) {
-      next = logits.argmax().item<int64_t>();
-    } else {
-      at::Tensor scores = logits / g.temperature;
-      if (g.top_k > 0 && g.top_k < scores.numel()) {
-        at::Tensor kth = std::get<0>(scores.topk(g.top_k)).min();
-        scores = scores.masked_fill(scores < kth, -std::numeric_limits<float>::infinity());
-      }
-      at::Tensor probs = scores.softmax(0);
-      if (g.top_p < 1.0) {
-        auto [sorted, order] = probs.sort(/*dim=*/0, /*descending=*/true);
-        at::Tensor cum = sorted.cumsum(0);
-        at::Tensor drop = (cum - sorted) > g.top_p;  // keep the smallest prefix reaching top_p
-        probs = probs.scatter(0, order, sorted.masked_fill(drop, 0.0));
-      }
-      next = at::multinomial(probs, 1).item<int64_t>();
-    }
+    const int64_t next = next_token(logits, g);
     if (next == tok.eos_id()) break;
     ids.push_back(static_cast<int32_t>(next));
   }

@@ -38,7 +38,7 @@ SH
 chmod +x "$WORK/mpmd-mpirun"
 rm -rf "$WORK/mpmd"
 set +e
-MPIRUN="$WORK/mpmd-mpirun" timeout 120 "$ROOT/launch/kiln-launch" --restarts 3 --wait 0 "$WORK/tiny.yaml" >"$WORK/launch.log" 2>&1
+MPIRUN="$WORK/mpmd-mpirun" timeout 120 "$ROOT/launch/kiln-launch" --log-dir "$WORK/launch-logs" --restarts 3 --wait 0 "$WORK/tiny.yaml" >"$WORK/launch.log" 2>&1
 rc=$?
 set -e
 [ $rc = 2 ] || { tail "$WORK/launch.log"; die "kiln-launch exited $rc"; }

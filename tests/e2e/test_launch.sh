@@ -20,7 +20,7 @@ fi
 exec "\$@"
 SH
 chmod +x "$WORK/flaky-mpirun"
-MPIRUN="$WORK/flaky-mpirun" "$ROOT/launch/kiln-launch" --restarts 2 --wait 0 "$WORK/tiny.yaml" \
+MPIRUN="$WORK/flaky-mpirun" "$ROOT/launch/kiln-launch" --log-dir "$(mktemp -d "$WORK/launch-logs.XXXXXX")" --restarts 2 --wait 0 "$WORK/tiny.yaml" \
   --set train.run_dir="$WORK/run" --set checkpoint.every=1 >"$WORK/launch.log" 2>&1 || { cat "$WORK/launch.log"; die "launch"; }
 grep -q "attempt 1 failed: exit 137 (128 + signal 9); restarting" "$WORK/launch.log" || die "no restart: $(cat "$WORK/launch.log")"
 losses "$WORK/whole" >"$WORK/a"; losses "$WORK/run" >"$WORK/b"
@@ -55,11 +55,11 @@ echo "ok: $(grep -o 'attempt 1 failed: .*' "$WORK/hang.log")"
 
 # Bad input is not retried.
 set +e
-MPIRUN="$WORK/flaky-mpirun" "$ROOT/launch/kiln-launch" --restarts 5 --wait 0 "$WORK/tiny.yaml" --set train.stepz=1 >"$WORK/bad.log" 2>&1
+MPIRUN="$WORK/flaky-mpirun" "$ROOT/launch/kiln-launch" --log-dir "$(mktemp -d "$WORK/launch-logs.XXXXXX")" --restarts 5 --wait 0 "$WORK/tiny.yaml" --set train.stepz=1 >"$WORK/bad.log" 2>&1
 rc=$?
 set -e
 [ $rc = 2 ] && [ "$(grep -c "attempt" "$WORK/bad.log")" = 1 ] || die "bad input was retried or rc $rc: $(cat "$WORK/bad.log")"
 printf 'node1 slots=8\nnode2 cpus=4\n' >"$WORK/hosts"
-set +e; out=$("$ROOT/launch/kiln-launch" --hostfile "$WORK/hosts" "$WORK/tiny.yaml" 2>&1); rc=$?; set -e
+set +e; out=$("$ROOT/launch/kiln-launch" --log-dir "$(mktemp -d "$WORK/launch-logs.XXXXXX")" --hostfile "$WORK/hosts" "$WORK/tiny.yaml" 2>&1); rc=$?; set -e
 [ $rc = 2 ] && echo "$out" | grep -q 'hosts:2: bad field "cpus=4"' || die "hostfile error: $out"
 echo "kiln-launch: restart, no retry on bad input, hostfile errors: ok"

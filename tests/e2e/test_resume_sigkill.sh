@@ -61,3 +61,23 @@ grep -q "stopping on signal 15 after step 3 (checkpoint saved" "$WORK/term.log" 
 losses "$WORK/term" >"$WORK/c"
 diff "$WORK/a" "$WORK/c" || die "losses after SIGTERM + resume differ"
 echo "SIGTERM at step 3: checkpoint saved, exit 0, resumed to identical losses"
+
+# SIGKILL in the middle of step 4's checkpoint save (its shard written, no state.json yet;
+# KILN_TEST_FAULT, trainer/test_hooks.h): with keep_last 1, step 2 stays complete and `latest`
+# keeps naming it; no step-00000004 exists; the resumed run ends as the uninterrupted one.
+rc=0
+KILN_TEST_FAULT=kill:shards:4 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/midsave" \
+  --set checkpoint.every=2 --set checkpoint.keep_last=1 >"$WORK/midsave.log" 2>&1 || rc=$?
+[ $rc = 137 ] || { cat "$WORK/midsave.log"; die "mid-save kill: exit $rc, expected 137"; }
+grep -q "kiln: test fault (kill) at shards:4" "$WORK/midsave.log" || die "the fault point was not reached"
+[ "$(cat "$WORK/midsave/checkpoints/latest")" = step-00000002 ] || die "latest moved off step 2"
+[ ! -e "$WORK/midsave/checkpoints/step-00000004" ] || die "a step-00000004 exists after a killed save"
+"$KILN" verify "$WORK/midsave/checkpoints/step-00000002" >/dev/null 2>&1 || die "step 2 does not verify after the killed save"
+"$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/midsave" --set checkpoint.every=2 \
+  --set checkpoint.keep_last=1 >>"$WORK/midsave.log" 2>&1 || die "resume after the killed save"
+grep -q "resumed from .*step-00000002 at step 2" "$WORK/midsave.log" || die "did not resume at step 2"
+losses "$WORK/midsave" >"$WORK/d"
+diff "$WORK/a" "$WORK/d" || die "losses after a killed save + resume differ"
+cmp "$WORK/whole/checkpoints/step-00000008/shard-00000-of-00001.safetensors" \
+  "$WORK/midsave/checkpoints/step-00000008/shard-00000-of-00001.safetensors" || die "final weights differ"
+echo "SIGKILL mid-save of step 4: step 2 kept and named by latest, resumed to identical losses and weights"

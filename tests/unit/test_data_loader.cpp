@@ -5,13 +5,15 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/tensor.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
+#include "base/error.h"
 #include "data/loader.h"
 #include "data/prep.h"
 #include "tests/unit/test_data_util.h"
 #include "trainer/config.h"
-#include "base/error.h"
 
 namespace kiln {
 namespace {
@@ -275,6 +277,19 @@ TEST(DataEvalLoader, EverySampleOnceSplitAcrossRanks) {
   int64_t expected = 0;  // positions of every sample: tokens - 1 each, over-long ones truncated
   for (const auto& s : store.sources())
     for (int64_t d = 0; d < s.docs; ++d) expected += std::min<int64_t>(s.doc_length(d) - 1, 64);
+  // The multiset of samples: every (inputs, labels) of every document, truncated to 64
+  // positions, once over the two ranks; padding (inputs pad, no labels) left out.
+  using SampleRows = std::pair<std::vector<int64_t>, std::vector<int64_t>>;
+  std::vector<SampleRows> want, got;
+  for (const auto& s : store.sources())
+    for (int64_t d = 0; d < s.docs; ++d) {
+      SampleRows w;
+      for (int64_t k = 0; k < std::min<int64_t>(s.doc_length(d) - 1, 64); ++k) {
+        w.first.push_back(s.doc_tokens(d)[k]);
+        w.second.push_back(s.doc_mask(d)[k + 1] ? s.doc_tokens(d)[k + 1] : kIgnoreIndex);
+      }
+      want.push_back(w);
+    }
   int64_t real = 0, batches[2] = {0, 0};
   for (int r = 0; r < 2; ++r) {
     EvalLoader e(cfg, r, 2);
@@ -282,8 +297,29 @@ TEST(DataEvalLoader, EverySampleOnceSplitAcrossRanks) {
     while (e.next(b)) {
       ++batches[r];
       for (int64_t t : b.source_tokens) real += t;
+      for (int64_t row = 0; row < b.input_ids.size(0); ++row) {
+        const auto in = row_of(b.input_ids, row), lab = row_of(b.labels, row),
+                   pos = row_of(b.position_ids, row);
+        for (size_t t = 0; t < in.size(); ++t) {
+          if (pos[t] == 0) got.emplace_back();
+          got.back().first.push_back(in[t]);
+          got.back().second.push_back(lab[t]);
+        }
+      }
     }
   }
+  got.erase(std::remove_if(got.begin(), got.end(),
+                           [&](const SampleRows& g) {
+                             return std::all_of(g.first.begin(), g.first.end(),
+                                                [&](int64_t t) { return t == store.pad_id(); }) &&
+                                    std::all_of(g.second.begin(), g.second.end(),
+                                                [](int64_t t) { return t == kIgnoreIndex; });
+                           }),
+            got.end());
+  std::sort(want.begin(), want.end());
+  std::sort(got.begin(), got.end());
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_TRUE(got == want) << "the eval batches are not the store's samples, each once";
   int64_t docs = 0;
   for (const auto& s : store.sources()) docs += s.docs;
   EXPECT_EQ(real - docs, expected);  // source_tokens count tokens; each sample has one more

@@ -7,12 +7,13 @@
 
 #include <cmath>
 #include <map>
+#include <set>
 
+#include "base/error.h"
 #include "data/mixer.h"
 #include "data/packer.h"
 #include "data/row_stream.h"
 #include "trainer/config.h"
-#include "base/error.h"
 
 namespace kiln {
 namespace {
@@ -107,6 +108,56 @@ TEST(DataMixer, ProportionalVisitsEverySampleOncePerPass) {
   }
   EXPECT_NE(passes[0], passes[1]);
   EXPECT_NE(passes[1], passes[2]);
+}
+
+// Several sources of different sizes: each source's draws, cut into passes of its size, are
+// each one permutation of its samples, whatever the other sources do in between.
+TEST(DataMixer, ProportionalEverySourcePassIsOnePermutation) {
+  const std::vector<int64_t> sizes = {7, 11, 5};
+  Mixer m(MixMode::proportional, equal_lengths(sizes, 3), 21);
+  std::vector<std::vector<int64_t>> draws(3);  // [source] docs in draw order
+  for (int i = 0; i < 400; ++i) {
+    const SampleRef r = m.next({2.0, 1.0, 0.5});
+    draws[r.source].push_back(r.doc);
+  }
+  for (int s = 0; s < 3; ++s) {
+    const size_t n = sizes[s];
+    ASSERT_GE(draws[s].size(), 3 * n) << s;
+    std::vector<int64_t> all(n);
+    std::iota(all.begin(), all.end(), 0);
+    std::set<std::vector<int64_t>> orders;
+    for (size_t p = 0; p + n <= draws[s].size(); p += n) {
+      std::vector<int64_t> pass(draws[s].begin() + p, draws[s].begin() + p + n);
+      orders.insert(pass);
+      std::sort(pass.begin(), pass.end());
+      EXPECT_EQ(pass, all) << "source " << s << " pass " << p / n;
+    }
+    EXPECT_GT(orders.size(), 1u) << "source " << s << ": passes are not reshuffled";
+  }
+}
+
+// telechat: every epoch's draws are the one pool (the same multiset of samples, copies
+// included), each epoch in another order.
+TEST(DataMixer, TelechatEveryEpochDrawsThePoolOnce) {
+  Mixer m(MixMode::telechat, equal_lengths({20, 30, 40}, 5), 17);
+  const std::vector<double> w = {2.0, 1.0, 0.5};
+  std::vector<std::vector<std::pair<int32_t, int64_t>>> epochs(4);
+  SampleRef r = m.next(w);
+  std::map<std::pair<int32_t, int64_t>, int> pool;
+  for (const SampleRef& p : m.pool()) ++pool[{p.source, p.doc}];
+  while (m.epoch() <= 3) {
+    epochs[m.epoch()].push_back({r.source, r.doc});
+    r = m.next(w);
+  }
+  for (int e = 1; e <= 3; ++e) {
+    std::map<std::pair<int32_t, int64_t>, int> got;
+    for (const auto& d : epochs[e]) ++got[d];
+    EXPECT_EQ(got, pool) << "epoch " << e;
+  }
+  for (int64_t d = 0; d < 20; ++d) EXPECT_EQ((pool.count({0, d}) ? pool.at({0, d}) : 0), 2) << d;  // w 2
+  for (int64_t d = 0; d < 30; ++d) EXPECT_EQ((pool.count({1, d}) ? pool.at({1, d}) : 0), 1) << d;  // w 1
+  EXPECT_NE(epochs[1], epochs[2]);
+  EXPECT_NE(epochs[2], epochs[3]);
 }
 
 TEST(DataMixer, ScheduleInterpolatesLinearly) {

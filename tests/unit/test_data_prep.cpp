@@ -2,17 +2,25 @@
 // content hash), every bad-input class with its one-line message, and the CLI verbs.
 #include <gtest/gtest.h>
 
-#include <filesystem>
-#include <nlohmann/json.hpp>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <filesystem>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "base/error.h"
 #include "data/chat_template.h"
+#include "data/packer.h"
 #include "data/prep.h"
 #include "data/sample_format.h"
 #include "data/token_store.h"
 #include "tests/unit/test_data_util.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
-#include "base/error.h"
 
 namespace kiln {
 namespace {
@@ -82,8 +90,37 @@ TEST(DataPrep, StoreHoldsExactlyWhatTheEncoderMakes) {
     all_tokens += tokens;
   }
   EXPECT_EQ(stats["tokens"], all_tokens);
-  EXPECT_GT(stats["packing_efficiency"].get<double>(), 0.5);
-  EXPECT_LE(stats["packing_efficiency"].get<double>(), 1.0);
+  // Packing at seq_len 64, by hand: a sample of n tokens is n - 1 positions; an over-long one
+  // (n - 1 > 64) is split into ceil((n - 1) / 64) pieces when it is text (positions kept) and
+  // truncated to 64 positions when it is SFT. The rows are best-fit bins of those lengths.
+  std::vector<int64_t> lengths;
+  int64_t used = 0;
+  for (size_t s = 0; s < 2; ++s) {
+    const StoreSource& src = store.sources()[s];
+    int64_t overlong = 0, pieces = 0;
+    for (int64_t d = 0; d < src.docs; ++d) {
+      const int64_t positions = src.doc_length(d) - 1;
+      if (positions <= 64) {
+        lengths.push_back(positions);
+        continue;
+      }
+      ++overlong;
+      if (s == 1) {
+        lengths.push_back(64);
+        continue;
+      }
+      for (int64_t left = positions; left > 0; left -= 64, ++pieces)
+        lengths.push_back(std::min<int64_t>(left, 64));
+    }
+    EXPECT_EQ(stats["sources"][s]["overlong"], overlong) << s;
+    EXPECT_EQ(stats["sources"][s]["overlong_policy"], s == 0 ? "split" : "truncate");
+    EXPECT_EQ(stats["sources"][s]["split_pieces"], s == 0 ? pieces : 0) << s;
+  }
+  for (int64_t l : lengths) used += l;
+  const int64_t rows = static_cast<int64_t>(best_fit_pack(lengths, 64).size());
+  EXPECT_EQ(stats["packed_rows"], rows);
+  EXPECT_EQ(stats["packing_efficiency"].get<double>(), double(used) / (double(rows) * 64));
+  EXPECT_GE(rows, (used + 63) / 64);  // no row over 64 positions
   EXPECT_EQ(json::parse(read_text(tmp / "store/stats.json")), stats);
 }
 
@@ -98,6 +135,69 @@ TEST(DataPrep, OutputDoesNotDependOnWorkerCount) {
   for (const char* f : {"source_0.tokens", "source_0.mask", "source_0.index", "source_1.tokens",
                         "source_1.mask", "source_1.index"})
     EXPECT_EQ(read_text(tmp / (std::string("one/") + f)), read_text(tmp / (std::string("three/") + f))) << f;
+}
+
+// Workers take blocks of 2048 * workers non-blank lines: 5000 lines are 3 blocks for one worker
+// and 2 for two. Blank and bad lines sit at the same index of consecutive blocks (a result left
+// over from the previous block would drop a good line), and around the boundaries; the store
+// holds exactly the encoding of every good line in order, and an error names its true line.
+TEST(DataPrep, WorkersAcrossBlockBoundaries) {
+  TempDir tmp;
+  const std::set<int> blank = {3, 2047, 4100}, bad = {5, 2048, 2049, 2054, 4103, 4998};  // 1-based lines
+  std::string text;
+  std::vector<std::string> good;
+  for (int i = 1; i <= 5000; ++i) {
+    std::string line;
+    if (blank.count(i)) {
+      line = "";
+    } else if (bad.count(i)) {
+      line = "{\"text\": \"broken " + std::to_string(i) + "\"";
+    } else {
+      line =
+          json({{"text", "line " + std::to_string(i) + (i % 3 ? " the quick fox" : " hello world")}}).dump();
+      good.push_back(line);
+    }
+    text += line + "\n";
+  }
+  write_text(tmp / "big.jsonl", text);
+  SampleEncoder enc(test::tokenizer(), chat_template("firefly", {}), "all_tokens");
+  for (int64_t workers : {1, 2}) {
+    const std::string out = tmp / ("store-" + std::to_string(workers));
+    PrepOptions o = options(tmp / "big.jsonl", out);
+    o.workers = workers;
+    o.skip_bad_lines = true;
+    const json stats = run_prep(o);
+    EXPECT_EQ(stats["sources"][0]["lines"], 5000);
+    EXPECT_EQ(stats["sources"][0]["samples"], good.size());
+    EXPECT_EQ(stats["sources"][0]["dropped"], json({{"malformed_json", bad.size()}}));
+    TokenStore store(out);
+    const StoreSource& src = store.sources()[0];
+    ASSERT_EQ(src.docs, static_cast<int64_t>(good.size())) << workers;
+    for (int64_t d = 0; d < src.docs; ++d) {
+      const EncodedSample e = enc.encode(parse_sample(json::parse(good[d]), "text"));
+      ASSERT_EQ(std::vector<int32_t>(src.doc_tokens(d), src.doc_tokens(d) + src.doc_length(d)), e.tokens)
+          << "workers " << workers << " doc " << d;
+    }
+  }
+  // Without skipping, a bad line past two boundaries (one worker) is named by its own line.
+  std::string late;
+  for (int i = 1; i <= 4500; ++i)
+    late += i == 4103 ? "{\"text\": \"broken\"\n"
+            : i == 50 ? "\n"
+                      : json({{"text", "w " + std::to_string(i)}}).dump() + "\n";
+  write_text(tmp / "late.jsonl", late);
+  for (int64_t workers : {1, 2}) {
+    PrepOptions o = options(tmp / "late.jsonl", tmp / "late-store");
+    o.workers = workers;
+    try {
+      run_prep(o);
+      FAIL() << "no error";
+    } catch (const UserError& e) {
+      EXPECT_EQ(std::string(e.what()).substr(0, (tmp / "late.jsonl").size() + 6),
+                tmp / "late.jsonl" + ":4103:")
+          << e.what();
+    }
+  }
 }
 
 TEST(DataPrep, SkipBadLinesCountsEveryReason) {
@@ -168,6 +268,103 @@ TEST(DataPrep, EnsurePreparedCachesByContentHash) {
   const std::string changed = ensure_prepared(cfg, tmp / "data.json");
   EXPECT_NE(changed, dir);
   EXPECT_EQ(TokenStore(changed).sources()[0].docs, 41);
+}
+
+// The cache key is the content of everything that shapes the store: change the tokenizer, the
+// data.json, the format or the template and the mixture is prepared again into another
+// directory; the same content (the tokenizer copied elsewhere, data.json put back) is a hit.
+TEST(DataPrep, CacheKeyCoversTokenizerDataJsonFormatAndTemplate) {
+  TempDir tmp;
+  write_text(tmp / "a.jsonl", read_text(fixture("pretrain.jsonl")));
+  write_text(tmp / "s.jsonl", read_text(fixture("sft_firefly.jsonl")));
+  write_text(tmp / "data.json", "{\"a.jsonl\": 1.0, \"s.jsonl\": 1.0}");
+  Config cfg;
+  cfg.tokenizer = tokenizer_path();
+  const std::string base = ensure_prepared(cfg, tmp / "data.json");
+  const auto stamp = fs::last_write_time(fs::path(base) / "manifest.json");
+  auto hit = [&](const Config& c, const std::string& mixture) {
+    EXPECT_EQ(ensure_prepared(c, mixture), base);
+    EXPECT_EQ(fs::last_write_time(fs::path(base) / "manifest.json"), stamp);  // not rebuilt
+  };
+  std::set<std::string> dirs = {base};
+  auto miss = [&](const Config& c, const std::string& mixture, const std::string& what) {
+    const std::string dir = ensure_prepared(c, mixture);
+    EXPECT_TRUE(dirs.insert(dir).second) << what << ": " << dir << " reused";
+    EXPECT_TRUE(is_token_store(dir)) << what;
+    return dir;
+  };
+  // The tokenizer: by content, not path.
+  fs::copy_file(tokenizer_path(), tmp / "same.model");
+  Config copied = cfg;
+  copied.tokenizer = tmp / "same.model";
+  hit(copied, tmp / "data.json");
+  TokenizerTrainOptions t;
+  t.out_prefix = tmp / "other";
+  t.vocab_size = 500;
+  t.character_coverage = 1.0;
+  t.threads = 1;
+  std::vector<std::string> corpus;
+  std::ifstream in(fixture("tokenizer_corpus.txt"));
+  for (std::string l; std::getline(in, l);)
+    if (!l.empty()) corpus.push_back(l);
+  train_tokenizer(corpus, t);
+  Config other_tok = cfg;
+  other_tok.tokenizer = t.out_prefix + ".model";
+  EXPECT_EQ(TokenStore(miss(other_tok, tmp / "data.json", "tokenizer")).vocab_size(), 500);
+  // data.json: a weight changed, then put back.
+  write_text(tmp / "data.json", "{\"a.jsonl\": 2.0, \"s.jsonl\": 1.0}");
+  EXPECT_EQ(TokenStore(miss(cfg, tmp / "data.json", "data.json")).sources()[0].weight, 2.0);
+  write_text(tmp / "data.json", "{\"a.jsonl\": 1.0, \"s.jsonl\": 1.0}");
+  hit(cfg, tmp / "data.json");
+  // data.format (auto detects firefly for s.jsonl: the same tokens, but another key).
+  Config fmt = cfg;
+  const std::string sft_auto = miss(cfg, tmp / "s.jsonl", "s.jsonl");
+  fmt.data.format = "firefly";
+  miss(fmt, tmp / "s.jsonl", "format");
+  EXPECT_EQ(ensure_prepared(cfg, tmp / "s.jsonl"), sft_auto);
+  // The template, and a custom template's strings.
+  Config tmpl = cfg;
+  tmpl.data.chat_template = "chatml";
+  const std::string chatml = miss(tmpl, tmp / "data.json", "template");
+  EXPECT_NE(read_text(chatml + "/source_1.tokens"), read_text(base + "/source_1.tokens"));
+  EXPECT_EQ(read_text(chatml + "/source_0.tokens"),
+            read_text(base + "/source_0.tokens"));  // text: no template
+  Config custom = cfg;
+  custom.data.chat_template = "custom";
+  custom.data.custom_template = {{"user", "Q: {content}\n"}, {"assistant", "A: {content}</s>"}};
+  miss(custom, tmp / "data.json", "custom template");
+  custom.data.custom_template["user"] = "Question: {content}\n";
+  miss(custom, tmp / "data.json", "custom template string");
+  hit(cfg, tmp / "data.json");
+}
+
+// Two preps of one mixture at once: the second waits on the lock file and then takes the store
+// the first made instead of preparing it again.
+TEST(DataPrep, ConcurrentPrepWaitsOnTheLockAndReusesTheStore) {
+  TempDir a, b;
+  for (const TempDir* d : {&a, &b}) {
+    write_text(*d / "a.jsonl", read_text(fixture("pretrain.jsonl")));
+    write_text(*d / "data.json", "{\"a.jsonl\": 1.0}");
+  }
+  Config cfg;
+  cfg.tokenizer = tokenizer_path();
+  const std::string key = fs::path(ensure_prepared(cfg, a / "data.json")).filename().string();
+  const fs::path cache = fs::path(b.str()) / ".kiln-cache";
+  fs::create_directories(cache);
+  const int fd = ::open((cache / (key + ".lock")).c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX), 0);  // another prep holds the lock
+  auto waiter = std::async(std::launch::async, [&] { return ensure_prepared(cfg, b / "data.json"); });
+  EXPECT_EQ(waiter.wait_for(std::chrono::milliseconds(700)), std::future_status::timeout) << "did not wait";
+  EXPECT_FALSE(fs::exists(cache / key));
+  // The holder finishes its store (renamed in whole), with a mark a second prep would not keep.
+  fs::copy(ensure_prepared(cfg, a / "data.json"), cache / "incoming", fs::copy_options::recursive);
+  write_text((cache / "incoming" / "made-by-the-holder").string(), "");
+  fs::rename(cache / "incoming", cache / key);
+  ::flock(fd, LOCK_UN);
+  ::close(fd);
+  EXPECT_EQ(waiter.get(), (cache / key).string());
+  EXPECT_TRUE(fs::exists(cache / key / "made-by-the-holder"));
 }
 
 // --- bad input: one line naming the file (and line) and the problem -------------------------

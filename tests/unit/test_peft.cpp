@@ -17,6 +17,7 @@
 #include "models/peft.h"
 #include "models/safetensors.h"
 #include "base/error.h"
+#include "test_data_util.h"
 
 namespace kiln {
 namespace {
@@ -28,12 +29,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::string make_temp_dir() {
-  char tmpl[] = "/tmp/kiln_peft_XXXXXX";
-  const char* dir = mkdtemp(tmpl);
-  EXPECT_NE(dir, nullptr);
-  return dir;
-}
 
 // The base model's projections: module path -> weight (out, in), from the HF fixture.
 std::map<std::string, at::Tensor> base_projections() {
@@ -86,7 +81,8 @@ TEST(Peft, ReadsPeftsOwnAdapterAndComputesItsOutputs) {
 // kiln_expected.safetensors: per module, an input and kiln's output for PEFT to reproduce.
 TEST(Peft, WritesPeftsNamesShapesAndConfig) {
   const char* env = std::getenv("KILN_PEFT_OUT");
-  const std::string dir = env ? std::string(env) : make_temp_dir() + "/adapter";
+  test::TempDir tmp;  // $TMPDIR, removed at the end
+  const std::string dir = env ? std::string(env) : tmp / "adapter";
   PeftConfig cfg;
   cfg.r = 4, cfg.alpha = 8, cfg.rslora = false, cfg.dora = true, cfg.dropout = 0.05;
   cfg.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
@@ -147,7 +143,6 @@ TEST(Peft, WritesPeftsNamesShapesAndConfig) {
     EXPECT_TRUE(
         torch::equal(fresh[i].second->lora_magnitude_vector, adapters[i].second->lora_magnitude_vector));
   }
-  if (!env) std::system(("rm -rf '" + parent_dir(dir) + "'").c_str());
 }
 
 // Runs fn, expects a one-line UserError that starts with `path` and contains `needle`.
@@ -164,7 +159,8 @@ void expect_user_error(const std::function<void()>& fn, const std::string& path,
 }
 
 TEST(Peft, BadAdaptersNameTheFileAndKey) {
-  const std::string dir = make_temp_dir();
+  test::TempDir tmp;
+  const std::string dir = tmp.str();
   auto base = base_projections();
   PeftConfig cfg;
   cfg.r = 2, cfg.alpha = 4, cfg.target_modules = {"q_proj"};
@@ -226,7 +222,6 @@ TEST(Peft, BadAdaptersNameTheFileAndKey) {
   write_safetensors(weights,
                     {{"base_model.model.model.embed_tokens.lora_embedding_A", torch::zeros({2, 3})}});
   expect_user_error([&] { read_peft_adapter(dir); }, weights, "not a LoRA tensor");
-  std::system(("rm -rf '" + dir + "'").c_str());
 }
 
 }  // namespace

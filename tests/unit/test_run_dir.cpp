@@ -20,6 +20,7 @@
 #include "models/safetensors.h"
 #include "parallel/communicator.h"
 #include "test_data_util.h"
+#include "test_train_util.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/resume_policy.h"
@@ -34,39 +35,10 @@ namespace fs = std::filesystem;
 using test::TempDir;
 
 Config tiny(const TempDir& dir, const std::string& run, std::vector<std::string> sets = {}) {
-  for (const char* f : {"data.json", "pretrain.jsonl", "sft_firefly.jsonl"})
-    if (!fs::exists(dir / f)) fs::copy_file(test::fixture(f), dir / f);
-  std::string yaml =
-      str("model: {vocab_size: 700, hidden_size: 32, num_layers: 2, num_heads: 4, num_kv_heads: 2, "
-          "max_seq_len: 64}\n"
-          "tokenizer: ",
-          test::tokenizer_path(), "\n", "data: {mixture: ", dir / "data.json",
-          ", seq_len: 32, prefetch: 1}\n", "train: {run_dir: ", dir / run,
-          ", steps: 4, micro_batch_size: 2, global_batch_size: 4, lr: 0.01,"
-          " min_lr: 0.001, warmup_steps: 1, log_every: 100, threads: 1}\n");
-  return parse_config(yaml, dir / "cfg.yaml", sets);
+  return test::tiny_config(dir, run, std::move(sets), /*steps=*/4);
 }
-
-std::vector<double> metric_losses(const std::string& run_dir) {
-  std::vector<double> out;
-  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto row = nlohmann::json::parse(line);
-    if (row.contains("loss")) out.push_back(row["loss"].get<double>());
-  }
-  return out;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-#define EXPECT_HAS(haystack, needle) EXPECT_NE((haystack).find(needle), std::string::npos) << (haystack)
+using test::error_of;
+using test::metric_losses;
 
 // A fake complete checkpoint directory.
 void fake_checkpoint(const std::string& root, const std::string& name, int64_t step) {

@@ -17,6 +17,7 @@
 #include "parallel/communicator.h"
 #include "parallel/tensor_slice.h"
 #include "parallel/zero.h"
+#include "test_data_util.h"
 #include "trainer/checkpoint.h"
 #include "base/error.h"
 #include "base/file_io.h"
@@ -36,14 +37,6 @@ ModelConfig tiny() {
   c.ffn_hidden_size = 24;
   c.max_seq_len = 32;
   return c;
-}
-
-fs::path temp_dir(const std::string& name) {
-  const char* t = std::getenv("TMPDIR");
-  fs::path p = fs::path(t ? t : "/tmp") / ("kiln-sharded-" + std::to_string(::getpid()) + "-" + name);
-  remove_tree(p.string());
-  fs::create_directories(p);
-  return p;
 }
 
 TEST(TensorSlice, FlatRangesSplitIntoContiguousBoxesInOrder) {
@@ -167,7 +160,8 @@ TEST(Checkpoint, SavedShardVerifiesAndReassembles) {
   Llama model(tiny(), LlamaBuild{StageSpec{}, {}, true});
   auto src = random_init_source(tiny(), 3);
   ZeroOptimizer opt(*model, *world, 1, 1024, AdamWOptions{}, false, *src);
-  const fs::path run = temp_dir("save");
+  test::TempDir tmp;  // $TMPDIR, removed at the end
+  const fs::path run = tmp / "save";
   CheckpointState st;
   st.step = 5;
   st.data = nlohmann::json::object();
@@ -200,7 +194,6 @@ TEST(Checkpoint, SavedShardVerifiesAndReassembles) {
   EXPECT_NE(bad.problem.find("checksum"), std::string::npos) << bad.problem;
   // The only checkpoint is damaged: no silent fresh start.
   EXPECT_THROW(find_resume_checkpoint(run.string()), UserError);
-  remove_tree(run.string());
 }
 
 }  // namespace

@@ -8,14 +8,16 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "base/error.h"
 #include "data/loader.h"
 #include "models/llama.h"
 #include "models/safetensors.h"
 #include "test_data_util.h"
+#include "test_train_util.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
-#include "base/error.h"
 #include "trainer/model_setup.h"
+#include "trainer/run_dir.h"
 #include "trainer/trainer.h"
 
 namespace kiln {
@@ -24,40 +26,11 @@ namespace {
 namespace fs = std::filesystem;
 using test::TempDir;
 
-// A tiny model on the data fixtures, copied into `dir` so prep's cache stays out of the tree.
 Config tiny(const TempDir& dir, const std::string& run, std::vector<std::string> sets = {}) {
-  for (const char* f : {"data.json", "pretrain.jsonl", "sft_firefly.jsonl"})
-    if (!fs::exists(dir / f)) fs::copy_file(test::fixture(f), dir / f);
-  std::string yaml =
-      str("model: {vocab_size: 700, hidden_size: 32, num_layers: 2, num_heads: 4, num_kv_heads: 2, "
-          "max_seq_len: 64}\n"
-          "tokenizer: ",
-          test::tokenizer_path(), "\n", "data: {mixture: ", dir / "data.json",
-          ", seq_len: 32, prefetch: 1}\n", "train: {run_dir: ", dir / run,
-          ", steps: 6, micro_batch_size: 2, global_batch_size: 4, lr: 0.01,"
-          " min_lr: 0.001, warmup_steps: 1, log_every: 100, threads: 1}\n");
-  return parse_config(yaml, dir / "cfg.yaml", sets);
+  return test::tiny_config(dir, run, std::move(sets), /*steps=*/6);
 }
-
-std::vector<double> metric_losses(const std::string& run_dir) {
-  std::vector<double> out;
-  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto row = nlohmann::json::parse(line);
-    if (row.contains("loss")) out.push_back(row["loss"].get<double>());  // eval rows have eval_loss
-  }
-  return out;
-}
-
-void expect_same_weights(const std::string& ckpt_a, const std::string& ckpt_b) {
-  // The weights assembled from each checkpoint's shards.
-  const auto a = read_checkpoint_weights(ckpt_a), b = read_checkpoint_weights(ckpt_b);
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    ASSERT_EQ(a[i].first, b[i].first);
-    EXPECT_TRUE(a[i].second.equal(b[i].second)) << a[i].first;
-  }
-}
+using test::expect_same_weights;
+using test::metric_losses;
 
 TEST(Train, LossFallsAndCheckpointsRotate) {
   TempDir dir;
@@ -96,6 +69,75 @@ TEST(Train, ResumeEqualsUninterruptedRun) {
   ASSERT_EQ(resumed.size(), 6u);
   for (size_t i = 0; i < 6; ++i) EXPECT_EQ(resumed[i], a.losses[i]) << "step " << i + 1;
   expect_same_weights(latest_checkpoint(whole.train.run_dir), latest_checkpoint(parts.train.run_dir));
+}
+
+// A save that fails midway (KILN_TEST_FAULT, test_hooks.h) leaves the previous checkpoint
+// complete, `latest` naming it and no step-N directory; the run resumes from it as if nothing
+// happened. A save that stops after the rename but before `latest` is complete: resumed from.
+TEST(Train, AnInterruptedSaveLeavesThePreviousCheckpointAlone) {
+  TempDir dir;
+  const std::vector<std::string> sets = {"train.steps=4", "checkpoint.every=2", "checkpoint.keep_last=1"};
+  const std::vector<double> whole = train(tiny(dir, "whole", sets)).losses;
+  for (const std::string point : {"shards", "state", "renamed"}) {
+    Config cfg = tiny(dir, "run-" + point, sets);
+    const std::string root = checkpoint_root(cfg.train.run_dir);
+    ::setenv("KILN_TEST_FAULT", ("throw:" + point + ":4").c_str(), 1);
+    EXPECT_THROW(train(cfg), std::runtime_error) << point;
+    ::unsetenv("KILN_TEST_FAULT");
+    EXPECT_EQ(test::read_text(root + "/latest"), "step-00000002\n") << point;
+    EXPECT_TRUE(verify_checkpoint(root + "/step-00000002").ok()) << point;
+    const auto complete = complete_checkpoints(cfg.train.run_dir);
+    if (point == "renamed") {
+      ASSERT_EQ(complete.size(), 2u);  // step 4 is complete: resume takes it though `latest` lags
+      EXPECT_TRUE(verify_checkpoint(root + "/step-00000004").ok());
+    } else {
+      ASSERT_EQ(complete.size(), 1u) << point;
+      EXPECT_EQ(complete[0].first, 2) << point;
+      EXPECT_FALSE(fs::exists(root + "/step-00000004")) << point;
+    }
+    const TrainResult rest = train(cfg);
+    EXPECT_EQ(rest.first_step, point == "renamed" ? 4 : 2) << point;
+    EXPECT_EQ(metric_losses(cfg.train.run_dir), whole) << point;
+    if (point != "renamed") {
+      EXPECT_EQ(test::read_text(root + "/latest"), "step-00000004\n") << point;
+    }
+    EXPECT_EQ(fs::path(latest_checkpoint(cfg.train.run_dir)).filename(), "step-00000004") << point;
+    expect_same_weights(latest_checkpoint(cfg.train.run_dir), latest_checkpoint(dir / "whole"));
+  }
+}
+
+// model.init_from: ckpt: (the worked example's SFT after pretraining): the SFT run's step-0
+// weights are the checkpoint's, from a run directory (its latest) or a named checkpoint, and
+// its optimizer starts fresh (zero moments), on its own data.
+TEST(Train, InitFromCheckpointStartsFromItsWeights) {
+  TempDir dir;
+  Config pre = tiny(dir, "pretrain", {"train.steps=2", "checkpoint.every=1", "checkpoint.keep_last=5"});
+  train(pre);
+  const std::string root = checkpoint_root(pre.train.run_dir);
+  for (const auto& [from, want] :
+       std::vector<std::pair<std::string, std::string>>{{pre.train.run_dir, root + "/step-00000002"},
+                                                        {root + "/step-00000001", root + "/step-00000001"}}) {
+    const std::string run = "sft-" + fs::path(want).filename().string();
+    Config sft = tiny(dir, run,
+                      {"model.init_from=ckpt:" + from, "data.mixture=" + (dir / "sft_firefly.jsonl"),
+                       "data.format=firefly", "train.steps=0"});
+    train(sft);
+    const std::string step0 = checkpoint_root(sft.train.run_dir) + "/step-00000000";
+    expect_same_weights(step0, want);
+    int64_t moments = 0;
+    for (const TensorSlice& s : read_checkpoint_slices(step0))
+      if (s.name.rfind("exp_avg", 0) == 0) {
+        EXPECT_EQ(s.data.abs().max().item<double>(), 0.0) << s.name;
+        ++moments;
+      }
+    EXPECT_GT(moments, 0);
+  }
+  // And not the seeded init: the same SFT without init_from starts elsewhere.
+  Config fresh = tiny(dir, "sft-fresh", {"train.steps=0"});
+  train(fresh);
+  const auto a = read_checkpoint_weights(checkpoint_root(fresh.train.run_dir) + "/step-00000000");
+  const auto b = read_checkpoint_weights(root + "/step-00000001");
+  EXPECT_FALSE(a[0].second.equal(b[0].second)) << a[0].first;
 }
 
 TEST(Train, AccumulationAndRecomputationChangeNothing) {
