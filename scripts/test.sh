@@ -16,6 +16,9 @@ report=$(mktemp -d "${TMPDIR:-/tmp}/kiln-test.XXXXXX")
 # Every test makes its temporary files under $TMPDIR and removes them: the suite runs with a
 # TMPDIR of its own, and anything of kiln's left in it at the end is a failure.
 mkdir -p "$report/tmp"
+# mktemp -d makes a 0700 directory; like /tmp, the suite's TMPDIR must be walkable by other users
+# (RunDir.UnwritableRunDirIsNamedAtStart checks the run-dir probe from an unprivileged child).
+chmod 755 "$report" "$report/tmp"
 export TMPDIR=$report/tmp
 
 echo "== unit tests (build/kiln_tests)"
