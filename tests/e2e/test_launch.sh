@@ -43,7 +43,7 @@ fi
 exec mpirun --oversubscribe "\$@"
 SH
 chmod +x "$WORK/hang-mpirun"
-MPIRUN="$WORK/hang-mpirun" timeout 300 "$ROOT/launch/kiln-launch" -np 2 --restarts 1 --wait 0 "$WORK/tiny.yaml" \
+MPIRUN="$WORK/hang-mpirun" timeout 300 "$ROOT/launch/kiln-launch" --log-dir "$WORK/hang-logs" -np 2 --restarts 1 --wait 0 "$WORK/tiny.yaml" \
   --set train.run_dir="$WORK/hang" --set checkpoint.every=1 --set parallel.timeout_s=3 >"$WORK/hang.log" 2>&1 \
   || { tail -30 "$WORK/hang.log"; die "launch after a hung rank"; }
 grep -q "kiln-launch: attempt 1 failed: exit [0-9]*.*, collective timeout (timeout after 3s in [a-z_]*.*; restarting" "$WORK/hang.log" \
