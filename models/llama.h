@@ -153,9 +153,6 @@ class LlamaImpl : public torch::nn::Module, public UnitChain {
   StageSpec stage_;
   UnitRunner runner_;
   at::Tensor run_units(const Batch& batch, const at::Tensor& hidden_in, const UnitFn& head);
-  // The head's rows for the chunked loss (models/ops/linear_cross_entropy.h), cut to the real
-  // vocabulary; undefined when the head is not a plain dense projection.
-  at::Tensor plain_head_weight() const;
   // Rotary tables are the same every step: kept for the longest span, dtype and device seen
   // (dynamic NTK scaling depends on the span, so there only an equal span is reused).
   mutable RopeTables rope_cache_;
