@@ -6,8 +6,10 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cmath>
+#include <typeinfo>
 
 #include "models/lm_head.h"
+#include "models/ops/linear_cross_entropy.h"
 #include "models/ops/varlen_attention.h"
 #include "models/recompute.h"
 #include "models/weight_source.h"
@@ -301,11 +303,30 @@ at::Tensor LlamaImpl::forward(const Batch& batch, const at::Tensor& hidden_in) {
   });
 }
 
+namespace {
+
+// The head's rows for the chunked loss (models/ops/linear_cross_entropy.h), cut to the real
+// vocabulary; undefined when the head is not a plain dense projection (LoRA, NF4, parallel: their
+// own forward).
+at::Tensor plain_head_weight(const LlamaImpl& m) {
+  if (m.lm_head && typeid(*m.lm_head.get()) != typeid(ProjectionImpl)) return {};
+  const ModelConfig& cfg = m.config();
+  at::Tensor w = effective_head_weight(m.lm_head ? m.lm_head->weight : m.embed_tokens->weight, cfg);
+  // The padding rows are never predicted (-inf logits): leaving them out is the same softmax.
+  return w.size(0) > cfg.vocab_size ? w.narrow(0, 0, cfg.vocab_size) : w;
+}
+
+}  // namespace
+
 at::Tensor LlamaImpl::forward_loss(const Batch& batch, const at::Tensor& token_weights, const at::Tensor& hidden_in) {
   KILN_CHECK(stage_.has_head, "forward_loss on a stage without the head");
   at::Tensor labels = batch.labels, weights = token_weights;
   return run_units(batch, hidden_in, [this, labels, weights](const at::Tensor& in) {
     at::Tensor h = norm(in);
+    // A plain dense (or tied) head: head and loss in one chunked op, no (B, T, V) fp32 logits.
+    if (at::Tensor w = plain_head_weight(*this); w.defined())
+      return linear_cross_entropy_sum(h.reshape({-1, h.size(-1)}), w, labels.reshape(-1),
+                                      weights.defined() ? weights.reshape(-1) : weights, kIgnoreIndex);
     at::Tensor logits = lm_head ? head_logits(h, lm_head, cfg_) : head_logits(h, embed_tokens->weight, cfg_);
     return weights.defined() ? lm_loss_weighted_sum(logits, labels, weights) : lm_loss_sum(logits, labels);
   });
