@@ -104,7 +104,14 @@ void install_activation_checkpointing(LlamaImpl& model, Checkpointing mode) {
                                                    const std::function<at::Tensor(const at::Tensor&)>& fn) {
       if (unit < first_layer || unit >= end_layer || !at::GradMode::is_enabled()) return fn(x);
       auto f = fn;
-      return recompute({x}, [f](const std::vector<at::Tensor>& in) { return f(in[0]); });
+      // Backward even when x needs no gradient: behind a frozen embedding (LoRA) the layer's own
+      // adapters still do.
+      static const auto hooks = [] {
+        auto h = std::make_shared<RecomputeHooks>();
+        h->always_backward = true;
+        return std::shared_ptr<const RecomputeHooks>(h);
+      }();
+      return recompute({x}, [f](const std::vector<at::Tensor>& in) { return f(in[0]); }, hooks);
     });
   }
 }
