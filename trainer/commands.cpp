@@ -125,7 +125,9 @@ int cmd_plan(int argc, char** argv) {
   if (lora_enabled(cfg)) {
     const LoraMemory lm = lora_memory(cfg);
     const double a = static_cast<double>(lm.adapter_params);
-    const double base_b = (lm.packed_bytes + lm.scale_bytes + lm.dense_params * bytes) / (p.tp * p.pp);
+    // Under ZeRO-3 the packed NF4 base is sharded over dp (the dense rest of the base is kept whole).
+    const double packed_b = (lm.packed_bytes + lm.scale_bytes) / (p.zero >= 3 ? dp : 1);
+    const double base_b = (packed_b + lm.dense_params * bytes) / (p.tp * p.pp);
     param_b = base_b + a * bytes / (p.tp * p.pp) / (p.zero >= 3 ? dp : 1);
     grad_b = a * 4 / (p.tp * p.pp) / (p.zero >= 2 ? dp : 1);
     optim_b = a * 12 / (p.tp * p.pp) / (p.zero >= 1 ? dp : 1);
