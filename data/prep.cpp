@@ -54,12 +54,19 @@ struct SourceJob {
   int64_t vocab = 0;  // the tokenizer's pieces: every id written is below it
 };
 
+void encode_line(const Sample& s, const SourceJob& job, LineResult& r);
+
 void process_line(const std::string& line, const SourceJob& job, LineResult& r) {
   try {
     check_utf8(line);
   } catch (const SampleError& e) {
     r.category = "invalid_utf8";
     r.reason = e.what();
+    return;
+  }
+  Sample s;
+  if (job.format == "text" && parse_text_line(line, s)) {
+    encode_line(s, job, r);
     return;
   }
   json j;
@@ -70,7 +77,6 @@ void process_line(const std::string& line, const SourceJob& job, LineResult& r) 
     r.reason = str("malformed JSON (", e.what(), ")");
     return;
   }
-  Sample s;
   try {
     s = parse_sample(j, job.format);
   } catch (const SampleError& e) {
@@ -78,6 +84,10 @@ void process_line(const std::string& line, const SourceJob& job, LineResult& r) 
     r.reason = e.what();
     return;
   }
+  encode_line(s, job, r);
+}
+
+void encode_line(const Sample& s, const SourceJob& job, LineResult& r) {
   try {
     r.sample = job.encoder->encode(s);
   } catch (const SampleError& e) {

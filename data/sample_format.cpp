@@ -1,6 +1,7 @@
 // Sample formats: JSONL line -> Sample (see sample_format.h).
 #include "data/sample_format.h"
 
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
@@ -73,6 +74,183 @@ std::string detect_format(const json& j) {
   if (j.contains("instruction")) return "alpaca";
   if (j.contains("input") && j.contains("output")) return "telechat";
   return "";
+}
+
+namespace {
+
+// A strict scanner over one JSON line, for parse_text_line: accepts a subset of what nlohmann
+// accepts (so a line it takes never differs from nlohmann's reading of it).
+struct FlatJson {
+  const char* p;
+  const char* end;
+  void ws() {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) ++p;
+  }
+  bool lit(const char* w, size_t n) {
+    if (size_t(end - p) < n || std::memcmp(p, w, n) != 0) return false;
+    p += n;
+    return true;
+  }
+  static int hex(char c) {
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+  }
+  bool u4(unsigned& v) {
+    if (end - p < 4) return false;
+    v = 0;
+    for (int k = 0; k < 4; ++k) {
+      const int h = hex(p[k]);
+      if (h < 0) return false;
+      v = v * 16 + static_cast<unsigned>(h);
+    }
+    p += 4;
+    return true;
+  }
+  static void utf8(unsigned cp, std::string& out) {
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      out += static_cast<char>(0xC0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      out += static_cast<char>(0xE0 | (cp >> 12));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+      out += static_cast<char>(0xF0 | (cp >> 18));
+      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  }
+  // A string (p at its opening quote), unescaped into out (when out is not null).
+  bool string(std::string* out) {
+    if (p >= end || *p != '"') return false;
+    ++p;
+    while (p < end) {
+      const char* q = p;
+      while (q < end && *q != '"' && *q != '\\' && static_cast<unsigned char>(*q) >= 0x20) ++q;
+      if (out) out->append(p, q);
+      p = q;
+      if (p >= end || static_cast<unsigned char>(*p) < 0x20) return false;  // unterminated, or a raw control
+      if (*p == '"') {
+        ++p;
+        return true;
+      }
+      ++p;  // a backslash
+      if (p >= end) return false;
+      const char e = *p++;
+      char c = 0;
+      switch (e) {
+        case '"':
+          c = '"';
+          break;
+        case '\\':
+          c = '\\';
+          break;
+        case '/':
+          c = '/';
+          break;
+        case 'b':
+          c = '\b';
+          break;
+        case 'f':
+          c = '\f';
+          break;
+        case 'n':
+          c = '\n';
+          break;
+        case 'r':
+          c = '\r';
+          break;
+        case 't':
+          c = '\t';
+          break;
+        case 'u': {
+          unsigned cp;
+          if (!u4(cp)) return false;
+          if (cp >= 0xDC00 && cp <= 0xDFFF) return false;  // a lone low surrogate
+          if (cp >= 0xD800 && cp <= 0xDBFF) {
+            unsigned lo;
+            if (!lit("\\u", 2) || !u4(lo) || lo < 0xDC00 || lo > 0xDFFF) return false;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          }
+          if (out) utf8(cp, *out);
+          continue;
+        }
+        default:
+          return false;
+      }
+      if (out) *out += c;
+    }
+    return false;
+  }
+  bool digits() {
+    const char* q = p;
+    while (p < end && *p >= '0' && *p <= '9') ++p;
+    return p > q;
+  }
+  bool number() {
+    if (p < end && *p == '-') ++p;
+    if (p < end && *p == '0') {
+      ++p;
+    } else if (!(p < end && *p >= '1' && *p <= '9') || !digits()) {
+      return false;
+    }
+    if (p < end && *p == '.' && (++p, !digits())) return false;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+      ++p;
+      if (p < end && (*p == '+' || *p == '-')) ++p;
+      if (!digits()) return false;
+    }
+    return true;
+  }
+  bool scalar() {
+    if (p >= end) return false;
+    if (*p == '"') return string(nullptr);
+    if (*p == 't') return lit("true", 4);
+    if (*p == 'f') return lit("false", 5);
+    if (*p == 'n') return lit("null", 4);
+    return number();
+  }
+};
+
+}  // namespace
+
+bool parse_text_line(const std::string& line, Sample& s) {
+  FlatJson j{line.data(), line.data() + line.size()};
+  j.ws();
+  if (!j.lit("{", 1)) return false;
+  bool seen = false;
+  std::string key;
+  j.ws();
+  if (!j.lit("}", 1)) {
+    while (true) {
+      key.clear();
+      if (!j.string(&key)) return false;
+      j.ws();
+      if (!j.lit(":", 1)) return false;
+      j.ws();
+      if (key == "text") {
+        if (seen || j.p >= j.end || *j.p != '"') return false;  // a repeated or non-string "text"
+        seen = true;
+        s.text.clear();
+        if (!j.string(&s.text)) return false;
+      } else if (!j.scalar()) {
+        return false;
+      }
+      j.ws();
+      if (j.lit("}", 1)) break;
+      if (!j.lit(",", 1)) return false;
+      j.ws();
+    }
+  }
+  j.ws();
+  if (j.p != j.end || !seen || s.text.empty()) return false;
+  s.is_text = true;
+  return true;
 }
 
 Sample parse_sample(const json& j, const std::string& format) {

@@ -37,6 +37,12 @@ const std::vector<std::string>& sample_formats();
 std::string detect_format(const nlohmann::json& j);
 // Parses one line's JSON in `format` (never "auto"). Throws SampleError.
 Sample parse_sample(const nlohmann::json& j, const std::string& format);
+// The pretraining fast path: when `line` is a flat JSON object (string, number, true, false or
+// null values) with one non-empty string "text", sets s to what parse_sample(json::parse(line),
+// "text") gives and returns true, without building a JSON document. false for anything else
+// (nested values, escapes it does not take, malformed JSON, no "text"): the caller parses the
+// line with nlohmann then, which also names what is wrong.
+bool parse_text_line(const std::string& line, Sample& s);
 // Throws SampleError when `line` is not valid UTF-8 (names the byte offset).
 void check_utf8(const std::string& line);
 

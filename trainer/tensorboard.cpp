@@ -7,9 +7,9 @@
 #include <cstring>
 #include <filesystem>
 
-#include "trainer/config.h"
 #include "base/error.h"
 #include "base/log.h"
+#include "trainer/config.h"
 
 #ifdef KILN_WITH_TENSORBOARD
 #include <isa-l/crc.h>
@@ -108,7 +108,7 @@ std::string tf_record(const std::string& data) {
   return out;
 }
 
-TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
+TensorBoardWriter::TensorBoardWriter(const std::string& dir, int64_t resumed_from) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) user_error("train.tensorboard: cannot create ", dir, " (", ec.message(), ")");
@@ -126,6 +126,18 @@ TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
   first.what_case = KILN__TB__EVENT__WHAT_FILE_VERSION;
   first.file_version = version.data();
   write_record(pack(first));
+  if (resumed_from > 0) {
+    Kiln__Tb__SessionLog log;
+    kiln__tb__session_log__init(&log);
+    log.status = KILN__TB__SESSION_LOG__STATUS__START;
+    Kiln__Tb__Event start;
+    kiln__tb__event__init(&start);
+    start.wall_time = now_seconds();
+    start.step = resumed_from + 1;
+    start.what_case = KILN__TB__EVENT__WHAT_SESSION_LOG;
+    start.session_log = &log;
+    write_record(pack(start));
+  }
 }
 
 TensorBoardWriter::~TensorBoardWriter() {
@@ -141,11 +153,12 @@ void TensorBoardWriter::write_record(const std::string& data) {
 void TensorBoardWriter::add_row(const nlohmann::ordered_json& row) { write_record(summary_event(row)); }
 void TensorBoardWriter::add_row(const nlohmann::json& row) { write_record(summary_event(row)); }
 
-std::unique_ptr<TensorBoardWriter> open_tensorboard(const TrainConfig& train, bool rank0) {
+std::unique_ptr<TensorBoardWriter> open_tensorboard(const TrainConfig& train, bool rank0,
+                                                    int64_t resumed_from) {
   if (!rank0 || train.tensorboard == "none") return nullptr;
   const std::string dir =
       train.tensorboard == "auto" ? (fs::path(train.run_dir) / "tb").string() : train.tensorboard;
-  auto w = std::make_unique<TensorBoardWriter>(dir);
+  auto w = std::make_unique<TensorBoardWriter>(dir, resumed_from);
   log0("tensorboard: ", w->path());
   return w;
 }
@@ -157,7 +170,7 @@ uint32_t crc32c(const void*, size_t) { throw InternalError("built without Tensor
 uint32_t masked_crc32c(const void*, size_t) { throw InternalError("built without TensorBoard"); }
 std::string tf_record(const std::string&) { throw InternalError("built without TensorBoard"); }
 
-TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
+TensorBoardWriter::TensorBoardWriter(const std::string& dir, int64_t) {
   user_error(
       "train.tensorboard: this kiln was built without TensorBoard support (needs protobuf "
       "and ISA-L: scripts/setup.sh installs them); valid: none");
@@ -167,7 +180,7 @@ void TensorBoardWriter::write_record(const std::string&) {}
 void TensorBoardWriter::add_row(const nlohmann::ordered_json&) {}
 void TensorBoardWriter::add_row(const nlohmann::json&) {}
 
-std::unique_ptr<TensorBoardWriter> open_tensorboard(const TrainConfig& train, bool rank0) {
+std::unique_ptr<TensorBoardWriter> open_tensorboard(const TrainConfig& train, bool rank0, int64_t) {
   if (!rank0 || train.tensorboard == "none") return nullptr;
   if (train.tensorboard != "auto") return std::make_unique<TensorBoardWriter>(train.tensorboard);
   log0("tensorboard: off (this build has no protobuf / ISA-L; scripts/setup.sh installs them)");

@@ -18,8 +18,11 @@ struct TrainConfig;
 
 class TensorBoardWriter {
  public:
-  // Creates `dir` and a new events.out.tfevents.<unix time>.<host>.<pid> file in it.
-  explicit TensorBoardWriter(const std::string& dir);
+  // Creates `dir` and a new events.out.tfevents.<unix time>.<host>.<pid> file in it. A run
+  // resumed after step `resumed_from` > 0 starts its file with a SessionLog START at the next
+  // step: TensorBoard then drops what earlier files logged from that step on (the steps a killed
+  // run trained past its checkpoint), as metrics.jsonl is cut back on resume.
+  explicit TensorBoardWriter(const std::string& dir, int64_t resumed_from = 0);
   ~TensorBoardWriter();
   TensorBoardWriter(const TensorBoardWriter&) = delete;
   TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
@@ -41,7 +44,8 @@ class TensorBoardWriter {
 // The writer train.tensorboard asks for on this rank: auto = RUN_DIR/tb, none = nullptr, else
 // that directory. Only rank 0 writes (rank0 false gives nullptr). Without protobuf-c and ISA-L
 // in the build, auto logs that and gives nullptr, and a DIR is a UserError.
-std::unique_ptr<TensorBoardWriter> open_tensorboard(const TrainConfig& train, bool rank0);
+std::unique_ptr<TensorBoardWriter> open_tensorboard(const TrainConfig& train, bool rank0,
+                                                    int64_t resumed_from);
 
 // Whether this build writes event files (protobuf and ISA-L were found).
 bool tensorboard_supported();

@@ -369,7 +369,7 @@ TrainResult Trainer::run() {
     truncate_metrics(metrics_path, start_step_);
     metrics_.open(metrics_path, std::ios::app);
   }
-  tb_ = open_tensorboard(cfg_.train, rank0_);
+  tb_ = open_tensorboard(cfg_.train, rank0_, start_step_);
   StopSignals signals;  // SIGUSR1: save and go on; SIGTERM/SIGINT/SIGUSR2: save and exit 0
 
   TrainResult result;

@@ -17,6 +17,9 @@
         kiln's Llama export of it with the logits kiln computes.
     export_parity.py fixture OUT_DIR
         a tiny random LlamaForCausalLM without GQA (the source of the Baichuan case).
+    export_parity.py greedy DIR TOKENIZER PROMPT N
+        prints PROMPT and transformers' greedy continuation of it from DIR, up to N tokens
+        (stopping at eos), as `kiln generate` prints it: the tests compare the two.
 """
 import glob
 import json
@@ -202,6 +205,22 @@ def baichuan(src, out):
     json.dump(bc, open(os.path.join(out, "config.json"), "w"), indent=2)
 
 
+def greedy(d, tok, prompt, n):
+    import sentencepiece as spm
+    from transformers import LlamaForCausalLM
+    sp = spm.SentencePieceProcessor(model_file=tok)
+    model = LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    prompt_ids = [sp.bos_id()] + sp.encode(prompt)
+    ids = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            if nxt == sp.eos_id():
+                break
+            ids.append(nxt)
+    print(prompt + sp.decode(ids[len(prompt_ids):]))
+
+
 def main(argv):
     torch.set_num_threads(1)
     cmd = argv[0]
@@ -223,6 +242,9 @@ def main(argv):
         return 0
     if cmd == "fixture":
         fixture(argv[1])
+        return 0
+    if cmd == "greedy":
+        greedy(argv[1], argv[2], argv[3], int(argv[4]))
         return 0
     print(__doc__, file=sys.stderr)
     return 2

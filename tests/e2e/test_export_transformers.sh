@@ -60,22 +60,8 @@ echo "parity + mutations: $(($(date +%s) - t0)) s"
 prompt="the quick brown fox"
 ours=$("$KILN" generate "$WORK/tiny.yaml" --set train.run_dir="$WORK/run-untied" --prompt "$prompt" \
   --set generate.max_new_tokens=12 2>/dev/null) || die "generate"
-theirs=$("$py" - "$WORK/hf-untied" "$WORK/tok.model" "$prompt" <<'PY'
-import sys, torch, sentencepiece as spm
-from transformers import LlamaForCausalLM
-hf, tok, prompt = sys.argv[1:4]
-sp = spm.SentencePieceProcessor(model_file=tok)
-model = LlamaForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
-ids = [sp.bos_id()] + sp.encode(prompt)
-with torch.no_grad():
-    for _ in range(12):
-        nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
-        if nxt == sp.eos_id():
-            break
-        ids.append(nxt)
-print(prompt + sp.decode(ids[1 + len(sp.encode(prompt)):]))
-PY
-) || die "transformers could not load or run the export"
+theirs=$("$py" "$parity" greedy "$WORK/hf-untied" "$WORK/tok.model" "$prompt" 12) \
+  || die "transformers could not load or run the export"
 echo "kiln:         $ours"
 echo "transformers: $theirs"
 [ "$ours" = "$theirs" ] || die "continuations differ"

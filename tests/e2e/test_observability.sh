@@ -63,6 +63,32 @@ for tag, vals in want.items():
 print(f"tensorboard: {len(tags)} tags, {n} scalars equal to metrics.jsonl")
 PY
 
+# A run killed past its last checkpoint and resumed: its event files show every step once, with
+# the resumed run's values (metrics.jsonl is cut back to the checkpoint; TensorBoard purges the
+# orphaned steps at the resumed file's SessionLog START).
+"$KILN" train "$WORK/tiny.yaml" --set train.steps=5 --set checkpoint.every=2 --set checkpoint.keep_last=5 --set train.run_dir="$WORK/run3" \
+  --set train.lr=0.02 >"$WORK/train3.log" 2>&1 || { cat "$WORK/train3.log" >&2; die "train run3"; }
+rm -rf "$WORK"/run3/checkpoints/step-00000004 "$WORK"/run3/checkpoints/step-00000005 "$WORK"/run3/checkpoints/latest
+sleep 1  # a new event file name (it carries the unix time)
+"$KILN" train "$WORK/tiny.yaml" --set train.steps=5 --set checkpoint.every=2 --set checkpoint.keep_last=5 --set train.run_dir="$WORK/run3" \
+  >"$WORK/train3b.log" 2>&1 || { cat "$WORK/train3b.log" >&2; die "resume run3"; }
+grep -q "resum.*step 2\|step-00000002" "$WORK/train3b.log" || die "run3 did not resume from step 2: $(head -5 "$WORK/train3b.log")"
+[ "$(ls "$WORK"/run3/tb/events.out.tfevents.* | wc -l)" = 2 ] || die "run3: expected two event files"
+"$py" - "$WORK/run3" <<'PY' || die "resumed run: event files disagree with metrics.jsonl"
+import json, sys
+from tensorboard.backend.event_processing import event_accumulator as ea_mod
+run = sys.argv[1]
+want = [(r["step"], r["lr"]) for r in map(json.loads, open(run + "/metrics.jsonl")) if "lr" in r]
+assert [s for s, _ in want] == [1, 2, 3, 4, 5], want
+acc = ea_mod.EventAccumulator(run + "/tb", size_guidance={ea_mod.SCALARS: 0})
+acc.Reload()
+got = [(e.step, e.value) for e in acc.Scalars("lr")]
+assert [s for s, _ in got] == [1, 2, 3, 4, 5], f"steps {[s for s, _ in got]}"
+for (s, a), (_, b) in zip(got, want):
+    assert abs(a - b) <= 1e-6 * abs(b), (s, a, b)  # steps 3-5 from the resumed run (lr 0.01, not 0.02)
+print("resumed run: each step once in TensorBoard, with the resumed run's values")
+PY
+
 "$KILN" train "$WORK/tiny.yaml" --set train.steps=1 --set train.run_dir="$WORK/run2" \
   --set train.tensorboard=none >/dev/null 2>&1 || die "train with tensorboard: none"
 [ ! -e "$WORK/run2/tb" ] || die "train.tensorboard: none still wrote $WORK/run2/tb"

@@ -186,6 +186,48 @@ TEST(DataTokenizer, MissingModelIsAUserError) {
   }
 }
 
+// parse_text_line takes exactly the flat lines nlohmann reads the same way, and declines the rest.
+TEST(DataFormat, TextFastPathAgreesWithTheJsonParser) {
+  std::vector<std::string> flat = {
+      R"({"text": "plain"})",
+      R"(  {"id":7,"text":"a\"b\\c\/d\b\f\n\r\t","lang":"en"}  )",
+      R"({"meta": null, "ok": true, "bad": false, "n": -0.5e+3, "m": 0, "k": 12.25E-2, "text": "x"})",
+      R"({"text": "\u00e9\u5e8a \ud83d\ude00 \u0000 nul"})",
+      R"({"text":"床前明月光，疑是地上霜。","src":"\u5e8a"})",
+      "{\"text\":\"tab\tinside is raw\"}",  // a raw tab is a control character: declined below
+  };
+  std::mt19937 rng(3);
+  const std::vector<std::string> bits = {"a", " ",  "\\n",  "\\\"", "\\u0041", "\\ud83d\\ude00",
+                                         "é", "床", "\\\\", "\\/"};
+  for (int t = 0; t < 200; ++t) {
+    std::string v;
+    for (int k = 0, n = 1 + static_cast<int>(rng() % 12); k < n; ++k) v += bits[rng() % bits.size()];
+    flat.push_back("{\"n\": " + std::to_string(rng() % 1000) + ", \"text\": \"" + v + "\"}");
+  }
+  int accepted = 0;
+  for (const auto& line : flat) {
+    Sample fast;
+    const bool ok = parse_text_line(line, fast);
+    const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!ok) continue;
+    ++accepted;
+    ASSERT_FALSE(j.is_discarded()) << line;
+    const Sample ref = parse_sample(j, "text");
+    EXPECT_TRUE(fast.is_text);
+    EXPECT_EQ(fast.text, ref.text) << line;
+  }
+  EXPECT_EQ(accepted, static_cast<int>(flat.size()) - 1);  // all but the raw tab
+  // Declined: nested values, malformed JSON, no or empty or non-string text, a repeated text.
+  for (const std::string line :
+       {R"({"text": "x", "meta": {"a": 1}})", R"({"text": "x", "tags": ["a"]})", R"({"text": "x")",
+        R"({"text": "x"} trailing)", R"({"txt": "x"})", R"({"text": ""})", R"({"text": 5})",
+        R"({"text": "a", "text": "b"})", R"({"text": "\ud83d"})", R"({"text": "\q"})",
+        R"({"n": 01, "text": "x"})", R"(["text", "x"])", ""}) {
+    Sample s;
+    EXPECT_FALSE(parse_text_line(line, s)) << line;
+  }
+}
+
 TEST(DataFormat, DetectsEveryFormat) {
   EXPECT_EQ(detect_format(json::parse(R"({"text":"x"})")), "text");
   EXPECT_EQ(detect_format(json::parse(R"({"instruction":"x","input":"","output":"y"})")), "alpaca");
