@@ -31,6 +31,10 @@ class ProjectionImpl : public torch::nn::Module {
   at::Tensor weight;  // (out, in)
 
  protected:
+  // For projections that wrap another (models/lora_projection.h): no `weight` of its own is
+  // registered; the wrapper registers the wrapped projection's tensors under their own names.
+  struct NoWeight {};
+  ProjectionImpl(const ProjectionSpec& spec, NoWeight) : spec_(spec) {}
   ProjectionSpec spec_;
 };
 TORCH_MODULE(Projection);

@@ -55,7 +55,8 @@ struct RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
     {
       at::AutoGradMode grad_on(true);
       at::Tensor out = holder->fn(inputs);
-      torch::autograd::backward({out}, {grad_out[0]});
+      // Nothing in fn trains (a frozen unit, such as a LoRA run's embedding): no backward to run.
+      if (out.requires_grad()) torch::autograd::backward({out}, {grad_out[0]});
     }
     holder->call(&RecomputeHooks::after_backward);
     torch::autograd::variable_list grads;

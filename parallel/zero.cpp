@@ -87,6 +87,7 @@ struct ZeroOptimizer::Impl {
   std::set<int64_t> prefetched;              // stage 3: units holding a reference taken ahead of use
   int64_t len = 0;                           // local elements
   at::Tensor master, exp_avg, exp_avg_sq, decay_mask, grad;  // (len) fp32, on the state device
+  at::Tensor lr_mask;  // (len) fp32 learning-rate multipliers (AdamWOptions::lr_scale); undefined = all 1
   at::Tensor compute;  // stage 3: (len) the kept parameters in the model's dtype and device
   int64_t peak = 0;
   std::vector<int64_t> between_units;
@@ -178,6 +179,10 @@ struct ZeroOptimizer::Impl {
         if (p.decay) decay_mask.narrow(0, local_index(p, G, a), b - a).fill_(1.0);
         if (const int64_t lead = frozen_leading(p); a < lead)  // held-fixed rows: no decay
           decay_mask.narrow(0, local_index(p, G, a), std::min(b, lead) - a).zero_();
+        if (auto it = hyper.lr_scale.find(p.name); it != hyper.lr_scale.end()) {
+          if (!lr_mask.defined()) lr_mask = at::ones({len}, at::kFloat);
+          lr_mask.narrow(0, local_index(p, G, a), b - a).fill_(it->second);
+        }
         if (source) continue;  // read below
         master.narrow(0, local_index(p, G, a), b - a)
             .copy_(p.tensor.detach().reshape({-1}).narrow(0, a, b - a).to(at::kCPU, at::kFloat));
@@ -209,7 +214,7 @@ struct ZeroOptimizer::Impl {
   at::TensorOptions comm_options() const { return at::TensorOptions().dtype(at::kFloat).device(model_device()); }
 
   void move_state(const c10::Device& device) {
-    for (at::Tensor* t : {&master, &exp_avg, &exp_avg_sq, &decay_mask, &grad})
+    for (at::Tensor* t : {&master, &exp_avg, &exp_avg_sq, &decay_mask, &grad, &lr_mask})
       if (t->defined()) *t = t->to(device);
     compute = at::Tensor();  // rebuilt at the next gather (it may have aliased the old master)
   }
@@ -476,7 +481,7 @@ double ZeroOptimizer::grad_norm() {
 
 void adamw_update(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const at::Tensor& grad,
                   const at::Tensor& decay_mask, double lr, double grad_scale, int64_t step,
-                  const AdamWOptions& h) {
+                  const AdamWOptions& h, const at::Tensor& lr_mask) {
   at::NoGradGuard no_grad;
   const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(step));
   const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(step));
@@ -488,11 +493,16 @@ void adamw_update(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_s
     at::Tensor p = master.narrow(0, off, len), m = exp_avg.narrow(0, off, len), v = exp_avg_sq.narrow(0, off, len);
     at::Tensor g = grad.narrow(0, off, len);
     if (grad_scale != 1.0) g = g * grad_scale;
-    p.mul_(1.0 - lr * h.weight_decay * decay_mask.narrow(0, off, len));
+    at::Tensor decay = decay_mask.narrow(0, off, len);
+    if (lr_mask.defined()) decay = decay * lr_mask.narrow(0, off, len);
+    p.mul_(1.0 - lr * h.weight_decay * decay);
     m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
     v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
     at::Tensor denom = (v.sqrt() / std::sqrt(bc2)).add_(h.eps);
-    p.addcdiv_(m, denom, -lr / bc1);
+    if (lr_mask.defined())
+      p.add_(m / denom * lr_mask.narrow(0, off, len), -lr / bc1);
+    else
+      p.addcdiv_(m, denom, -lr / bc1);
   }
 }
 
@@ -501,7 +511,8 @@ void ZeroOptimizer::step(double lr, double grad_scale) {
   KILN_CHECK(m.grad.defined(), "step before reduce_gradients");
   at::NoGradGuard no_grad;
   ++m.steps;
-  adamw_update(m.master, m.exp_avg, m.exp_avg_sq, m.grad, m.decay_mask, lr, grad_scale, m.steps, m.hyper);
+  adamw_update(m.master, m.exp_avg, m.exp_avg_sq, m.grad, m.decay_mask, lr, grad_scale, m.steps, m.hyper,
+               m.lr_mask);
   m.finish_load();
   m.grad = at::Tensor();
 }

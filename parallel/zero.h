@@ -49,14 +49,17 @@ struct AdamWOptions {
   // the old rows of an extended embedding or head). Parameters that do not require grad are not
   // in the optimizer at all.
   std::map<std::string, int64_t> frozen_leading;
+  // Parameter name -> learning-rate multiplier (LoRA+: B and the DoRA magnitude at lr * ratio);
+  // absent = 1. Weight decay scales with it, as torch.optim.AdamW's per-group lr does.
+  std::map<std::string, double> lr_scale;
 };
 
 // One AdamW update of a flat fp32 shard, in torch.optim.AdamW's order: decoupled weight decay
 // (where decay_mask is 1), moments, bias-corrected step. `step` counts from 1; the gradient is
-// multiplied by grad_scale first (clipping).
+// multiplied by grad_scale first (clipping). lr_mask (undefined = 1): a per-element multiplier of lr.
 void adamw_update(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const at::Tensor& grad,
                   const at::Tensor& decay_mask, double lr, double grad_scale, int64_t step,
-                  const AdamWOptions& h);
+                  const AdamWOptions& h, const at::Tensor& lr_mask = {});
 
 class ZeroOptimizer {
  public:

@@ -16,6 +16,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
+#include "trainer/lora_setup.h"
 #include "base/error.h"
 #include "base/log.h"
 #include "trainer/run_dir.h"
@@ -106,9 +107,9 @@ int cmd_plan(int argc, char** argv) {
   const bool gpu = cfg.train.device == DeviceChoice::cuda;
   const double bytes = cfg.train.precision == Precision::fp32 || (cfg.train.precision == Precision::automatic && !gpu) ? 4 : 2;
   const double per_rank_params = n / (p.tp * p.pp);
-  const double param_b = per_rank_params * bytes / (p.zero >= 3 ? dp : 1);
-  const double grad_b = per_rank_params * 4 / (p.zero >= 2 ? dp : 1);
-  const double optim_b = per_rank_params * 12 / (p.zero >= 1 ? dp : 1);
+  double param_b = per_rank_params * bytes / (p.zero >= 3 ? dp : 1);
+  double grad_b = per_rank_params * 4 / (p.zero >= 2 ? dp : 1);
+  double optim_b = per_rank_params * 12 / (p.zero >= 1 ? dp : 1);
   // Activations per layer per sequence (Korthikanti et al.): T*h*(34 + 5*H*T/h) bytes at 16 bit.
   const double T = static_cast<double>(cfg.data.seq_len), h = static_cast<double>(m.hidden_size);
   const double layers = static_cast<double>(m.num_layers) / p.pp;
@@ -118,6 +119,29 @@ int cmd_plan(int argc, char** argv) {
   if (cfg.train.activation_checkpointing == Checkpointing::full)
     act_b = (T * h * bytes * layers + per_layer) * cfg.train.micro_batch_size;
 
+  // LoRA / QLoRA (trainer/lora_setup.h): the frozen base needs no gradient or optimizer state,
+  // only the adapters do; an NF4 base is about half a byte per weight.
+  std::string lora_line;
+  if (lora_enabled(cfg)) {
+    const LoraMemory lm = lora_memory(cfg);
+    const double a = static_cast<double>(lm.adapter_params);
+    // Under ZeRO-3 the packed NF4 base is sharded over dp (the dense rest of the base is kept whole).
+    const double packed_b = (lm.packed_bytes + lm.scale_bytes) / (p.zero >= 3 ? dp : 1);
+    const double base_b = (packed_b + lm.dense_params * bytes) / (p.tp * p.pp);
+    param_b = base_b + a * bytes / (p.tp * p.pp) / (p.zero >= 3 ? dp : 1);
+    grad_b = a * 4 / (p.tp * p.pp) / (p.zero >= 2 ? dp : 1);
+    optim_b = a * 12 / (p.tp * p.pp) / (p.zero >= 1 ? dp : 1);
+    char buf[512];
+    std::snprintf(buf, sizeof(buf),
+                  "lora:              rank %lld, %s adapter parameters (%.3f%% of the model)%s\n"
+                  "base:              %s packed NF4 (%s parameters) | scales %s | %s in %s (%s parameters)\n",
+                  (long long)cfg.lora.rank, human_count(a).c_str(), 100.0 * a / n,
+                  cfg.lora.quantize_base == BaseQuant::nf4 ? ", QLoRA" : "", human_bytes(lm.packed_bytes).c_str(),
+                  human_count(static_cast<double>(lm.quantized_params)).c_str(), human_bytes(lm.scale_bytes).c_str(),
+                  human_bytes(lm.dense_params * bytes).c_str(), bytes == 4 ? "fp32" : "16-bit",
+                  human_count(static_cast<double>(lm.dense_params)).c_str());
+    lora_line = buf;
+  }
   std::printf("%s", to_yaml(cfg).c_str());
   std::printf("\n# plan for %lld processes\n", static_cast<long long>(world));
   std::printf("layout:            tp %lld x pp %lld x dp %lld, ZeRO-%lld, %lld micro-batches per step\n",
@@ -126,6 +150,7 @@ int cmd_plan(int argc, char** argv) {
   std::printf("parameters:        %.0f (%s)\n", n, human_count(n).c_str());
   std::printf("flops per token:   %.4g (training, seq %lld)\n", m.flops_per_token(cfg.data.seq_len),
               (long long)cfg.data.seq_len);
+  std::printf("%s", lora_line.c_str());
   std::printf("memory per rank:   params %s | grads %s | optimizer %s | activations ~%s | total ~%s\n",
               human_bytes(param_b).c_str(), human_bytes(grad_b).c_str(), human_bytes(optim_b).c_str(),
               human_bytes(act_b).c_str(), human_bytes(param_b + grad_b + optim_b + act_b).c_str());
@@ -149,18 +174,20 @@ int cmd_generate(int argc, char** argv) {
 int cmd_export(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"out", "format", "dtype"}, {});
   const char* usage =
-      "usage: kiln export CHECKPOINT_DIR|RUN_DIR --out DIR [--format hf] [--dtype fp32|bf16|fp16]\n"
+      "usage: kiln export CHECKPOINT_DIR|RUN_DIR --out DIR [--format hf|peft] [--dtype fp32|bf16|fp16]\n"
       "  Writes the checkpoint's weights as a Hugging Face model (config.json + safetensors,\n"
       "  sharded above 5 GB), assembled from the checkpoint's shards one tensor at a time, with the\n"
       "  run's tokenizer (tokenizer.model, tokenizer_config.json, special_tokens_map.json) and\n"
-      "  generation_config.json. The checkpoint is verified first (sizes, checksums, coverage).\n";
+      "  generation_config.json. The checkpoint is verified first (sizes, checksums, coverage).\n"
+      "  A LoRA run's checkpoint: --format hf merges the adapters into the base (model.init_from,\n"
+      "  dequantized for QLoRA); --format peft writes adapter_config.json + adapter_model.safetensors.\n";
   if (a.help) {
     std::printf("%s", usage);
     return 0;
   }
   if (a.positional.size() != 1 || !a.has("out")) user_error("expected a checkpoint and --out DIR\n", usage);
   const std::string format = a.get("format", "hf");
-  if (format != "hf") user_error("--format ", format, ": valid: hf (peft arrives with LoRA)");
+  if (format != "hf" && format != "peft") user_error("--format ", format, ": valid: hf | peft");
   const std::string dtype_name = a.get("dtype", "fp32");
   at::ScalarType dtype = at::kFloat;
   if (dtype_name == "bf16")
@@ -171,6 +198,14 @@ int cmd_export(int argc, char** argv) {
     user_error("--dtype ", dtype_name, ": valid: fp32 | bf16 | fp16");
   const std::string dir = resolve_checkpoint(a.positional[0]);
   Config cfg = load_config(dir + "/config.yaml");
+  if (format == "peft" || lora_enabled(cfg)) {  // LoRA hook (trainer/lora_setup.h)
+    if (format == "peft")
+      export_peft(dir, a.get("out"));
+    else
+      export_merged_hf(dir, dtype, a.get("out"));
+    log0("exported ", dir, " -> ", a.get("out"), " (", format == "peft" ? "PEFT adapter" : "adapters merged", ")");
+    return 0;
+  }
   std::map<std::string, std::vector<int64_t>> shapes;
   for (const auto& [n, shape] : checkpoint_tensors(dir)) shapes[n] = shape;
   std::unique_ptr<WeightSource> source = checkpoint_weights_source(dir);

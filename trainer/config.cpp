@@ -413,7 +413,7 @@ std::vector<Key> schema(Config& cfg) {
       bool_key("lora.dora", &l.dora, "DoRA: learn a magnitude per output row (PEFT's use_dora)"),
       enum_key("lora.quantize_base", &l.quantize_base, "QLoRA base quantization"),
       bool_key("lora.double_quant", &l.double_quant, "QLoRA: quantize the quantization constants"),
-      string_key("lora.init_from", &l.init_from, "peft:DIR adapter to start from"),
+      source_key("lora.init_from", &l.init_from, {"peft"}, "peft:DIR adapter to start from"),
       int_key("generate.max_new_tokens", &g.max_new_tokens, 1, kMax, "tokens generated"),
       num_key("generate.temperature", &g.temperature, 0, 100, "0 = greedy"),
       int_key("generate.top_k", &g.top_k, 0, kMax, "sample from the k most likely, 0 = all"),
@@ -655,7 +655,6 @@ void validate_layout(const Config& cfg, int64_t world_size) {
         "valid: tp: 1, pp: 1 (data parallel with parallel.zero 0-3)");
   if (p.sequence_parallel)
     user_error("parallel.sequence_parallel: needs tensor parallelism, not in this build yet; valid: false");
-  if (cfg.lora.rank > 0) user_error("lora.rank: LoRA is not in this build yet; valid: 0");
 }
 
 void validate_run(const Config& cfg, int64_t world_size) {
@@ -676,6 +675,17 @@ void validate_run(const Config& cfg, int64_t world_size) {
         "data.schedule: with data.mix: telechat the pool is drawn once, so a schedule would never "
         "apply; set data.redraw_each_epoch: true (a new pool, with the weights then in force, "
         "every epoch) or drop the schedule");
+  // LoRA / QLoRA (trainer/lora_setup.h).
+  const LoraConfig& l = cfg.lora;
+  for (const std::string& t : l.targets)
+    if (t != "all_linear" && t != "q_proj" && t != "k_proj" && t != "v_proj" && t != "o_proj" &&
+        t != "gate_proj" && t != "up_proj" && t != "down_proj")
+      user_error("lora.targets: '", t, "' is not a projection kiln adapts; valid: q_proj, k_proj, v_proj, o_proj, "
+                 "gate_proj, up_proj, down_proj or all_linear (lm_head never)");
+  if (l.rank == 0 && (l.quantize_base != BaseQuant::none || (!l.init_from.empty() && l.init_from != "none")))
+    user_error("lora.quantize_base / lora.init_from need adapters: set lora.rank > 0");
+  if (l.rank > 0 && (cfg.train.trainable != std::vector<std::string>{"*"} || cfg.train.trainable_new_rows_only))
+    user_error("train.trainable: a LoRA run (lora.rank > 0) trains its adapters only; valid: '*' (the default)");
   chat_template(cfg.data.chat_template, cfg.data.custom_template);  // unknown name, custom without {content}
   check_tokenizer_fits(cfg);  // a tokenizer larger than the model: one line, before any weights
 }

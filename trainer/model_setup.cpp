@@ -7,8 +7,10 @@
 #include <unordered_map>
 
 #include "models/hf.h"
+#include "models/lora_projection.h"
 #include "models/weight_source.h"
 #include "trainer/checkpoint.h"
+#include "trainer/lora_setup.h"
 #include "base/error.h"
 #include "trainer/run_dir.h"
 #include "trainer/vocab_setup.h"
@@ -36,7 +38,9 @@ ComputeSetup compute_setup(const Config& cfg) {
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const LlamaImpl& model) {
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
-  for (const auto& item : model.named_parameters()) out.emplace_back(item.key(), item.value().sizes().vec());
+  // The base model's tensors: LoRA adapters come from their own sources (trainer/lora_setup.h).
+  for (const auto& item : model.named_parameters())
+    if (!is_lora_parameter(item.key())) out.emplace_back(item.key(), item.value().sizes().vec());
   return out;
 }
 
@@ -55,6 +59,11 @@ std::unique_ptr<WeightSource> initial_weights(const Config& cfg, const LlamaImpl
 }
 
 Llama build_model(const Config& cfg, bool prefer_run_dir, std::string* from) {
+  if (lora_enabled(cfg)) {  // LoRA hook: the base from model.init_from, adapters from the checkpoint
+    const std::string ckpt = prefer_run_dir ? find_resume_checkpoint(cfg.train.run_dir) : "";
+    if (from) *from = ckpt.empty() ? cfg.model.init_from + " + LoRA " + cfg.lora.init_from : ckpt;
+    return build_lora_model(cfg, ckpt);
+  }
   Llama model(cfg.model, LlamaBuild{StageSpec{}, {}, /*meta=*/true});
   const std::string ckpt = prefer_run_dir ? find_resume_checkpoint(cfg.train.run_dir) : "";
   std::unique_ptr<WeightSource> source = ckpt.empty() ? initial_weights(cfg, *model) : checkpoint_weights_source(ckpt);

@@ -70,6 +70,18 @@ std::vector<ResumeFinding> compare_for_resume(const Config& ckpt, int64_t ckpt_d
   fatal("model.position", m0.position, m1.position);
   fatal("model.norm_head", m0.norm_head, m1.norm_head);
   fatal("lora.rank", ckpt.lora.rank, now.lora.rank);
+  if (now.lora.rank > 0) {  // the adapters' shapes and what they are applied to
+    auto list = [](const std::vector<std::string>& v) {
+      std::string out = "[";
+      for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + v[i];
+      return out + "]";
+    };
+    fatal("lora.targets", list(ckpt.lora.targets), list(now.lora.targets));
+    fatal("lora.dora", ckpt.lora.dora, now.lora.dora);
+    fatal("lora.quantize_base", std::string(name_of(ckpt.lora.quantize_base)),
+          std::string(name_of(now.lora.quantize_base)));
+    fatal("lora.double_quant", ckpt.lora.double_quant, now.lora.double_quant);
+  }
 
   // Allowed, with what changes.
   const int64_t g0 =

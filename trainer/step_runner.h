@@ -18,6 +18,10 @@ class LlamaImpl;
 struct MicroBatch {
   Batch batch;
   at::Tensor token_weights;  // (B, T) for data.loss_average: sample; undefined = per token
+  // Where it sits in training, for the LoRA dropout clock (models/lora.h): the optimizer step and
+  // the micro-batch's global index in it (dp rank * micro-batches per rank + its own index, the
+  // same rows whatever the dp size).
+  int64_t step = 0, index = 0;
 };
 
 class StepRunner {
@@ -30,8 +34,12 @@ class StepRunner {
   virtual at::Tensor run(std::vector<MicroBatch>& micro_batches, double divisor) = 0;
 };
 
+struct LoraDropoutClock;
 // One stage holding every layer: forward_loss (the loss computed in the head unit) and backward,
-// micro-batch by micro-batch.
-std::unique_ptr<StepRunner> no_pipeline_runner(LlamaImpl& model, const c10::Device& device);
+// micro-batch by micro-batch. `clock` (LoRA dropout; may be null) is set to the micro-batch before
+// its forward and again before its backward, whose recomputation (activation checkpointing,
+// ZeRO-3) then redraws the forward's masks.
+std::unique_ptr<StepRunner> no_pipeline_runner(LlamaImpl& model, const c10::Device& device,
+                                               std::shared_ptr<LoraDropoutClock> clock = nullptr);
 
 }  // namespace kiln

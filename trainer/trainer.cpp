@@ -27,6 +27,7 @@
 
 #include "data/loader.h"
 #include "models/llama.h"
+#include "models/lora.h"
 #include "models/recompute.h"
 #include "parallel/communicator.h"
 #include "parallel/mesh.h"
@@ -36,6 +37,7 @@
 #include "base/error.h"
 #include "base/file_io.h"
 #include "base/log.h"
+#include "trainer/lora_setup.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/model_setup.h"
 #include "trainer/run_dir.h"
@@ -102,7 +104,14 @@ void install_activation_checkpointing(LlamaImpl& model, Checkpointing mode) {
                                                    const std::function<at::Tensor(const at::Tensor&)>& fn) {
       if (unit < first_layer || unit >= end_layer || !at::GradMode::is_enabled()) return fn(x);
       auto f = fn;
-      return recompute({x}, [f](const std::vector<at::Tensor>& in) { return f(in[0]); });
+      // Backward even when x needs no gradient: behind a frozen embedding (LoRA) the layer's own
+      // adapters still do.
+      static const auto hooks = [] {
+        auto h = std::make_shared<RecomputeHooks>();
+        h->always_backward = true;
+        return std::shared_ptr<const RecomputeHooks>(h);
+      }();
+      return recompute({x}, [f](const std::vector<at::Tensor>& in) { return f(in[0]); }, hooks);
     });
   }
 }
@@ -153,6 +162,7 @@ class Trainer {
   std::unique_ptr<ZeroOptimizer> optimizer_;
   std::unique_ptr<DataLoader> loader_;
   std::unique_ptr<StepRunner> runner_;
+  std::shared_ptr<LoraDropoutClock> clock_ = std::make_shared<LoraDropoutClock>();  // LoRA dropout
   std::ofstream metrics_;
   std::unique_ptr<TensorBoardWriter> tb_;
   std::vector<std::string> sources_;
@@ -169,15 +179,28 @@ void Trainer::find_resume() {
 // The rank's model: built with placeholders, then only what the rank keeps is read from the
 // weight source (the checkpoint when resuming, else model.init_from or the seeded init).
 void Trainer::build() {
-  model_ = Llama(cfg_.model, LlamaBuild{StageSpec{}, {}, /*meta=*/true});
-  std::unique_ptr<WeightSource> source =
-      resume_dir_.empty() ? initial_weights(cfg_, *model_) : checkpoint_weights_source(resume_dir_);
-  const TrainableSet trainable = apply_trainable(*model_, cfg_);  // train.trainable (trainer/trainable.h)
-  optimizer_ = std::make_unique<ZeroOptimizer>(
-      *model_, mesh_.dp(), static_cast<int>(cfg_.parallel.zero), cfg_.parallel.bucket_mb << 20,
-      AdamWOptions{cfg_.train.weight_decay, cfg_.train.betas[0], cfg_.train.betas[1], cfg_.train.eps,
-                   trainable.frozen_leading},
-      cfg_.parallel.zero3_keep_gathered, *source);
+  model_ = Llama(cfg_.model, LlamaBuild{StageSpec{}, run_projections(cfg_, clock_), /*meta=*/true});
+  std::unique_ptr<WeightSource> source;
+  TrainableSet trainable;
+  if (lora_enabled(cfg_)) {
+    // LoRA hook (trainer/lora_setup.h): the frozen base from model.init_from (NF4 for QLoRA), the
+    // adapters from the checkpoint when resuming; the optimizer holds only the adapters.
+    std::unique_ptr<WeightSource> base = initial_weights(cfg_, *model_);
+    std::unique_ptr<WeightSource> ckpt = resume_dir_.empty() ? nullptr : checkpoint_weights_source(resume_dir_);
+    LoraLoad lora = load_lora_model(*model_, cfg_, *base, ckpt.get());
+    source = std::move(lora.adapters);
+    trainable = std::move(lora.trainable);
+  } else {
+    source = resume_dir_.empty() ? initial_weights(cfg_, *model_) : checkpoint_weights_source(resume_dir_);
+    trainable = apply_trainable(*model_, cfg_);  // train.trainable (trainer/trainable.h)
+  }
+  AdamWOptions hyper{cfg_.train.weight_decay, cfg_.train.betas[0], cfg_.train.betas[1], cfg_.train.eps,
+                     trainable.frozen_leading};
+  hyper.lr_scale = lora_lr_scales(*model_, cfg_);  // LoRA+ (lora.lr_ratio)
+  optimizer_ = std::make_unique<ZeroOptimizer>(*model_, mesh_.dp(), static_cast<int>(cfg_.parallel.zero),
+                                               cfg_.parallel.bucket_mb << 20, hyper,
+                                               cfg_.parallel.zero3_keep_gathered, *source);
+  shard_lora_base(*model_, cfg_, mesh_.dp());  // QLoRA under ZeRO-3: the NF4 base sharded over dp
   if (!trainable.frozen.empty() || !trainable.frozen_leading.empty())
     log0("trainable: ", trainable.trained_elements, " of ", trainable.total_elements, " parameters (",
          trainable.trained.size(), " tensors", trainable.frozen_leading.empty() ? "" : ", new vocabulary rows only",
@@ -191,7 +214,8 @@ void Trainer::build() {
   if (resume_dir_.empty()) log0("weights: ", cfg_.model.init_from != "none" ? cfg_.model.init_from : source->describe());
   loader_ = std::make_unique<DataLoader>(cfg_, mesh_.coords().dp, dp_size_, global_batch_);
   log0(format_mix_table(loader_->mix_shares(), cfg_.data.mix));
-  runner_ = no_pipeline_runner(*model_, setup_.device);
+  clock_->seed = static_cast<uint64_t>(cfg_.train.seed);
+  runner_ = no_pipeline_runner(*model_, setup_.device, clock_);
 }
 
 void Trainer::restore() {
@@ -229,7 +253,10 @@ StepStats Trainer::step(int64_t step) {
   optimizer_->zero_grad();
   std::vector<MicroBatch> micro(accum_);
   at::Tensor counts = at::zeros({2}, at::kDouble);  // [trained tokens, samples] of the global batch
-  for (MicroBatch& mb : micro) {
+  for (size_t k = 0; k < micro.size(); ++k) {
+    MicroBatch& mb = micro[k];
+    mb.step = step;
+    mb.index = mesh_.coords().dp * accum_ + static_cast<int64_t>(k);  // global, as the loader orders rows
     mb.batch = loader_->next();
     counts[0] += static_cast<double>(mb.batch.loss_tokens);
     if (per_sample) {
@@ -301,8 +328,9 @@ void Trainer::save(int64_t step) {
   // Global shapes: under ZeRO-3 the model's own tensors are empty between uses.
   shard.tensors = optimizer_->trained_shapes();
   for (const auto& [name, shape] : shard.tensors) shard.trained.push_back(name);
+  // A LoRA run stores no frozen tensor: its base is model.init_from's (trainer/lora_setup.h).
   for (const auto& item : model_->named_parameters())
-    if (!item.value().requires_grad()) {
+    if (!item.value().requires_grad() && !lora_enabled(cfg_)) {
       shard.frozen.emplace_back(item.key(), item.value());
       shard.tensors.emplace_back(item.key(), item.value().sizes().vec());
     }

@@ -13,7 +13,9 @@ cat >"$WORK/refusals.txt" <<'ROWS'
 2|train.global_batch_size=6|train.global_batch_size (6) must be a multiple of train.micro_batch_size (2) x data-parallel size (2)
 2|parallel.tp=2|parallel.tp / parallel.pp > 1: tensor and pipeline parallelism are not in this build yet
 1|parallel.sequence_parallel=true|parallel.sequence_parallel: needs tensor parallelism
-1|lora.rank=8|lora.rank: LoRA is not in this build yet
+1|lora.rank=4;lora.targets=[lm_head]|lora.targets: 'lm_head' is not a projection kiln adapts
+1|lora.quantize_base=nf4|lora.quantize_base / lora.init_from need adapters: set lora.rank > 0
+1|lora.rank=4;train.trainable=[lm_head]|train.trainable: a LoRA run (lora.rank > 0) trains its adapters only
 1|train.eval_every=2;data.eval=|train.eval_every: 2 needs data.eval
 1|parallel.backend=nccl;train.device=cpu|parallel.backend: nccl
 1|data.mixture=|data.mixture: required

@@ -42,5 +42,14 @@ TEST(ConfigLora, LrRatioAndDoraKeys) {
   EXPECT_NE(describe_keys().find("lora.lr_ratio"), std::string::npos);
 }
 
+// lora.init_from takes peft:DIR only, with DIR resolved from the config file's directory.
+TEST(ConfigLora, InitFromIsAPeftDirectoryResolvedFromTheConfig) {
+  Config c = parse_config("lora:\n  rank: 4\n  init_from: peft:adapter\n", "/cfgs/run.yaml");
+  EXPECT_EQ(c.lora.init_from, "peft:/cfgs/adapter");
+  std::string e = error_of("lora:\n  rank: 4\n  init_from: hf:adapter\n");
+  EXPECT_NE(e.find("cfg.yaml:3: lora.init_from: 'hf:adapter' must be none or one of peft:DIR"), std::string::npos)
+      << e;
+}
+
 }  // namespace
 }  // namespace kiln
