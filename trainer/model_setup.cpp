@@ -8,6 +8,7 @@
 
 #include "models/hf.h"
 #include "models/weight_source.h"
+#include "parallel/tp_weights.h"
 #include "trainer/checkpoint.h"
 #include "base/error.h"
 #include "trainer/run_dir.h"
@@ -37,7 +38,12 @@ ComputeSetup compute_setup(const Config& cfg) {
 std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const LlamaImpl& model) {
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
   for (const auto& item : model.named_parameters()) out.emplace_back(item.key(), item.value().sizes().vec());
-  return out;
+  return tp_global_shapes(out, model.tp_shards());  // tensor parallel: the global tensors' shapes
+}
+
+std::unique_ptr<WeightSource> rank_source(std::unique_ptr<WeightSource> global, const LlamaImpl& model) {
+  if (!model.tensor_parallel()) return global;
+  return std::make_unique<TpShardedSource>(std::move(global), model.tp_shards());
 }
 
 std::unique_ptr<WeightSource> initial_weights(const Config& cfg, const LlamaImpl& model) {

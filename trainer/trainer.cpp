@@ -31,6 +31,8 @@
 #include "parallel/communicator.h"
 #include "parallel/mesh.h"
 #include "models/weight_source.h"
+#include "parallel/tp_layers.h"
+#include "parallel/tp_weights.h"
 #include "parallel/zero.h"
 #include "trainer/checkpoint.h"
 #include "base/error.h"
@@ -150,6 +152,7 @@ class Trainer {
   std::string resume_dir_;
   RunDir run_dir_guard_;
   Llama model_{nullptr};
+  TpShardMap tp_shards_;  // tensor parallel: where this rank's parameters sit in the global tensors
   std::unique_ptr<ZeroOptimizer> optimizer_;
   std::unique_ptr<DataLoader> loader_;
   std::unique_ptr<StepRunner> runner_;
@@ -169,15 +172,26 @@ void Trainer::find_resume() {
 // The rank's model: built with placeholders, then only what the rank keeps is read from the
 // weight source (the checkpoint when resuming, else model.init_from or the seeded init).
 void Trainer::build() {
-  model_ = Llama(cfg_.model, LlamaBuild{StageSpec{}, {}, /*meta=*/true});
-  std::unique_ptr<WeightSource> source =
-      resume_dir_.empty() ? initial_weights(cfg_, *model_) : checkpoint_weights_source(resume_dir_);
+  LlamaBuild how{StageSpec{}, {}, /*meta=*/true};
+  if (mesh_.tp_size() > 1) {  // tensor parallel: this rank's slices only (parallel/tp_layers.h)
+    how.tp = std::make_shared<TensorParallel>(mesh_.tp(), cfg_.parallel.sequence_parallel);
+    how.projections = tensor_parallel_projections(how.tp);
+  }
+  model_ = Llama(cfg_.model, how);
+  tp_shards_ = model_->tp_shards();
+  std::unique_ptr<WeightSource> source = rank_source(
+      resume_dir_.empty() ? initial_weights(cfg_, *model_) : checkpoint_weights_source(resume_dir_), *model_);
   const TrainableSet trainable = apply_trainable(*model_, cfg_);  // train.trainable (trainer/trainable.h)
   optimizer_ = std::make_unique<ZeroOptimizer>(
       *model_, mesh_.dp(), static_cast<int>(cfg_.parallel.zero), cfg_.parallel.bucket_mb << 20,
       AdamWOptions{cfg_.train.weight_decay, cfg_.train.betas[0], cfg_.train.betas[1], cfg_.train.eps,
                    trainable.frozen_leading},
       cfg_.parallel.zero3_keep_gathered, *source);
+  if (mesh_.tp_size() > 1) {
+    std::vector<std::string> names;
+    for (const auto& [name, shape] : optimizer_->trained_shapes()) names.push_back(name);
+    optimizer_->set_grad_norm_group(&mesh_.tp(), tp_norm_weights(names, tp_shards_, mesh_.tp_size()));
+  }
   if (!trainable.frozen.empty() || !trainable.frozen_leading.empty())
     log0("trainable: ", trainable.trained_elements, " of ", trainable.total_elements, " parameters (",
          trainable.trained.size(), " tensors", trainable.frozen_leading.empty() ? "" : ", new vocabulary rows only",
@@ -198,7 +212,7 @@ void Trainer::restore() {
   if (resume_dir_.empty()) return;
   CheckpointState st = read_checkpoint_state(resume_dir_);
   // Parameters frozen when the checkpoint was written start from its weights (trainer/trainable.h).
-  optimizer_->load_state(*resume_state_source(resume_dir_), st.step);
+  optimizer_->load_state(*rank_source(resume_state_source(resume_dir_), *model_), st.step);
   // What this rank loaded must be finite (every rank checks its own share; all stop together).
   const std::vector<TensorSlice> loaded = optimizer_->state_slices();
   at::Tensor bad = at::full({1}, first_non_finite(loaded).empty() ? 0.0 : 1.0, at::kDouble);
@@ -294,12 +308,12 @@ void Trainer::save(int64_t step) {
   st.layout = {{"world", launch_.world_size}, {"tp", mesh_.tp_size()}, {"pp", mesh_.pp_size()},
                {"dp", dp_size_},              {"zero", cfg_.parallel.zero}};
   CheckpointShard shard;
-  shard.slices = optimizer_->state_slices();
+  shard.slices = tp_global_slices(optimizer_->state_slices(), tp_shards_, mesh_.coords().tp);
   require_finite_state(mesh_.world(), setup_.device, shard.slices, {}, str("not saving the checkpoint of step ", step));
   shard.dp_rank = mesh_.coords().dp;
   shard.dp_size = static_cast<int>(dp_size_);
   // Global shapes: under ZeRO-3 the model's own tensors are empty between uses.
-  shard.tensors = optimizer_->trained_shapes();
+  shard.tensors = tp_global_shapes(optimizer_->trained_shapes(), tp_shards_);
   for (const auto& [name, shape] : shard.tensors) shard.trained.push_back(name);
   for (const auto& item : model_->named_parameters())
     if (!item.value().requires_grad()) {

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# `mpirun kiln train` with tensor parallelism (parallel.tp) gives the one-process run: the losses
+# of every step and the weights `kiln export` writes agree within 1e-5 relative, for tp 2; tp 4
+# with 2 kv heads (each shared by two ranks); a vocabulary not divisible by tp; tied embeddings;
+# ALiBi; sequence parallel; tp 2 x dp 2 with ZeRO-1 and ZeRO-3; each of those with activation
+# checkpointing full and selective too; and packed SFT batches (the fixtures' mixture is packed).
+# Then a checkpoint saved at tp 2 x dp 2 resumes at tp 1 and at tp 4 with the same losses.
+# One dp=1 reference run per model variant serves every layout of it.
+source "$(dirname "$0")/lib.sh"
+make_tiny
+py=$(cat "$ROOT/build/python_path" 2>/dev/null || echo python3)
+# Packed SFT: every sample of the mixture is a conversation with its prompt masked.
+cp "$WORK/sft_firefly.jsonl" "$WORK/sft_only.jsonl"
+t0=$(date +%s)
+
+run() {  # NAME NP --set ...: trains and exports NAME
+  local name=$1 np=$2; shift 2
+  local cmd=("$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/$name" --set train.steps=6 "$@")
+  if [ "$np" = 1 ]; then "${cmd[@]}" >"$WORK/$name.log" 2>&1 || { tail -20 "$WORK/$name.log"; die "train $name"; }
+  else timeout 300 mpirun --oversubscribe -np "$np" "${cmd[@]}" >"$WORK/$name.log" 2>&1 ||
+    { tail -20 "$WORK/$name.log"; die "train $name"; }
+  fi
+  losses "$WORK/$name" >"$WORK/$name.loss"
+  "$KILN" export "$WORK/$name" --out "$WORK/$name.hf" >>"$WORK/$name.log" 2>&1 || { tail "$WORK/$name.log"; die "export $name"; }
+}
+
+# The exported weights of two runs agree (every tensor, max |a - b| <= 1e-5 max |b|).
+same_weights() {
+  "$py" - "$1" "$2" <<'PY'
+import sys
+from safetensors.numpy import load_file
+a, b = load_file(sys.argv[1] + "/model.safetensors"), load_file(sys.argv[2] + "/model.safetensors")
+assert a.keys() == b.keys(), f"tensors differ: {sorted(set(a) ^ set(b))}"
+for k in a:
+    assert a[k].shape == b[k].shape, f"{k}: shape {a[k].shape} vs {b[k].shape}"
+    err = abs(a[k].astype("float64") - b[k]).max() / max(1e-12, abs(b[k]).max())
+    assert err <= 1e-5, f"{k}: relative error {err:.2e}"
+print(f"{len(a)} exported tensors agree within 1e-5")
+PY
+}
+
+check() {  # REF NAME
+  echo -n "$2 vs $1: "; close "$WORK/$1.loss" "$WORK/$2.loss" 1e-5 || die "$2: losses differ from $1"
+  echo -n "    "; same_weights "$WORK/$2.hf" "$WORK/$1.hf" || die "$2: exported weights differ from $1"
+}
+
+variant() {  # NAME --set ...: the reference, then every layout of it
+  local ref=$1; shift
+  run "$ref" 1 "$@"
+  for ac in none full selective; do
+    local a=(--set train.activation_checkpointing=$ac "$@")
+    run "$ref-tp2-$ac" 2 --set parallel.tp=2 "${a[@]}"; check "$ref" "$ref-tp2-$ac"
+    if [ -n "${ALL_LAYOUTS:-}" ]; then
+      run "$ref-tp4-$ac" 4 --set parallel.tp=4 "${a[@]}"; check "$ref" "$ref-tp4-$ac"
+      run "$ref-sp-$ac" 2 --set parallel.tp=2 --set parallel.sequence_parallel=true "${a[@]}"
+      check "$ref" "$ref-sp-$ac"
+      for z in 1 3; do
+        run "$ref-tp2dp2-z$z-$ac" 4 --set parallel.tp=2 --set parallel.zero=$z "${a[@]}"; check "$ref" "$ref-tp2dp2-z$z-$ac"
+      done
+    fi
+  done
+}
+
+# The base model (4 heads, 2 kv heads: split at tp 2, shared at tp 4) in every layout.
+ALL_LAYOUTS=1 variant base
+# A vocabulary of 701 (padded to 702 at tp 2, 704 at tp 4), tied embeddings, ALiBi, packed SFT.
+variant vocab701 --set model.vocab_size=701
+variant tied --set model.tie_embeddings=true
+variant alibi --set model.position=alibi
+variant sft --set data.mixture=sft_only.jsonl
+echo "layouts: $(($(date +%s) - t0)) s"
+
+# Saved at tp 2 x dp 2 (ZeRO-1) after 3 steps, resumed at tp 1 and at tp 4: the remaining steps
+# give the uninterrupted run's losses.
+for to in 1 4; do
+  r=resume-to-tp$to
+  timeout 300 mpirun --oversubscribe -np 4 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/$r" \
+    --set train.steps=6 --set parallel.tp=2 --set parallel.zero=1 --exit-after 3 >"$WORK/$r.log" 2>&1 ||
+    { tail -20 "$WORK/$r.log"; die "$r: first half"; }
+  if [ $to = 1 ]; then cmd=("$KILN"); else cmd=(timeout 300 mpirun --oversubscribe -np 4 "$KILN"); fi
+  "${cmd[@]}" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/$r" --set train.steps=6 --set parallel.tp=$to \
+    >>"$WORK/$r.log" 2>&1 || { tail -20 "$WORK/$r.log"; die "$r: second half"; }
+  grep -q "resumed from .* at step 3" "$WORK/$r.log" || die "$r: did not resume at step 3"
+  losses "$WORK/$r" >"$WORK/$r.loss"
+  echo -n "tp2 x dp2 -> tp$to resume: "; close "$WORK/base.loss" "$WORK/$r.loss" 1e-5 || die "$r: losses differ"
+done
+echo "total: $(($(date +%s) - t0)) s"
