@@ -178,6 +178,19 @@ TEST(TensorParallel, HuggingFaceFixturesGiveReferenceLogits) {
   }
 }
 
+// `kiln plan`'s per-rank parameter count is what a rank allocates.
+TEST(TensorParallel, PlanCountsTheRanksParameters) {
+  for (int64_t kv : {1, 2, 4})
+    for (bool tied : {false, true}) {
+      ModelConfig c = tiny(kv);
+      c.tie_embeddings = tied;
+      Llama m = tp_model(c, false);
+      int64_t n = 0;
+      for (const auto& item : m->named_parameters()) n += item.value().numel();
+      EXPECT_EQ(n, tp_rank_parameters(c, world().size())) << "kv " << kv << " tied " << tied;
+    }
+}
+
 // A CPU allocator that forwards to the default one and records the largest single request.
 class CountingAllocator : public c10::Allocator {
  public:
