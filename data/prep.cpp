@@ -16,14 +16,14 @@
 #include <sstream>
 #include <thread>
 
+#include "base/config.h"
+#include "base/error.h"
 #include "data/chat_template.h"
 #include "data/packer.h"
 #include "data/row_stream.h"
 #include "data/sample_format.h"
 #include "data/token_store.h"
 #include "data/tokenizer.h"
-#include "base/config.h"
-#include "base/error.h"
 
 namespace kiln {
 
@@ -42,7 +42,8 @@ bool is_blank(const std::string& s) { return s.find_first_not_of(" \t\r\n") == s
 // One line's outcome, filled by a worker.
 struct LineResult {
   EncodedSample sample;
-  std::string category;  // "" = kept, else the drop reason's key in stats.json
+  int64_t loss_tokens = 0;  // mask[1:] summed: the positions whose next token is trained on
+  std::string category;     // "" = kept, else the drop reason's key in stats.json
   std::string reason;
 };
 
@@ -82,7 +83,20 @@ void process_line(const std::string& line, const SourceJob& job, LineResult& r) 
   } catch (const SampleError& e) {
     r.category = "no_trainable_token";
     r.reason = e.what();
+    return;
   }
+  const auto& t = r.sample.tokens;
+  for (int32_t id : t)  // templates add special ids by name; every id must be the tokenizer's
+    KILN_CHECK(id >= 0 && id < job.vocab, job.src->path, ": token id ", id, " outside [0, ", job.vocab, ")");
+  for (size_t k = 1; k < t.size(); ++k) r.loss_tokens += r.sample.mask[k];
+}
+
+// Worker w's share of a block: lines [w * per, (w + 1) * per).
+void tokenize_lines(const std::vector<std::string>& lines, int64_t w, int64_t workers, const SourceJob& job,
+                    std::vector<LineResult>& results) {
+  const size_t per = (lines.size() + workers - 1) / workers;
+  for (size_t i = w * per; i < std::min(lines.size(), (w + 1) * per); ++i)
+    process_line(lines[i], job, results[i]);
 }
 
 // N long-lived threads that each run job(worker) once per run() call; run() waits for all.
@@ -100,13 +114,18 @@ class WorkerPool {
     cv_.notify_all();
     for (auto& t : threads_) t.join();
   }
-  void run(const std::function<void(int64_t)>& job) {
+  // Starts job(worker) on every thread and returns; `job` must outlive the matching wait().
+  void start(const std::function<void(int64_t)>& job) {
     std::unique_lock<std::mutex> lock(mu_);
     job_ = &job;
     pending_ = static_cast<int64_t>(threads_.size());
     errors_.clear();
     ++generation_;
     cv_.notify_all();
+  }
+  // Waits for the job start() began; rethrows the first worker's exception.
+  void wait() {
+    std::unique_lock<std::mutex> lock(mu_);
     done_.wait(lock, [&] { return pending_ == 0; });
     job_ = nullptr;
     if (!errors_.empty()) std::rethrow_exception(errors_.front());
@@ -184,16 +203,22 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool,
   int64_t lines = 0, kept = 0, tokens = 0, loss_tokens = 0, overlong = 0, split_pieces = 0;
   std::map<std::string, int64_t> dropped;
   const int64_t workers = std::max<int64_t>(1, opt.workers);
-  const size_t block = 2048 * static_cast<size_t>(workers);
-  std::vector<std::string> buf;
-  std::vector<int64_t> line_no;
-  std::vector<LineResult> results;
+  const size_t block_lines = 2048 * static_cast<size_t>(workers);
+
+  // A pipeline over blocks of lines: while the workers tokenize block k, this thread reads block
+  // k+1 and then writes block k-1's results, so reading and writing overlap tokenizing.
+  struct Block {
+    std::vector<std::string> lines;
+    std::vector<int64_t> line_no;
+    std::vector<LineResult> results;
+  };
+  Block blocks[2];
   bool eof = false;
-  while (!eof) {
-    buf.clear();
-    line_no.clear();
+  const auto read_block = [&](Block& b) {
+    b.lines.clear();
+    b.line_no.clear();
     std::string line;
-    while (buf.size() < block) {
+    while (!eof && b.lines.size() < block_lines) {
       if (!std::getline(in, line)) {
         eof = true;
         break;
@@ -201,20 +226,17 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool,
       ++lines;
       bytes_done += static_cast<int64_t>(line.size()) + 1;
       if (is_blank(line)) continue;
-      buf.push_back(std::move(line));
-      line_no.push_back(lines);
+      b.lines.push_back(std::move(line));
+      b.line_no.push_back(lines);
     }
-    results.assign(buf.size(), LineResult{});
-    const size_t per = (buf.size() + workers - 1) / workers;
-    pool.run([&](int64_t w) {
-      for (size_t i = w * per; i < std::min(buf.size(), (w + 1) * per); ++i)
-        process_line(buf[i], job, results[i]);
-    });
-    for (size_t i = 0; i < results.size(); ++i) {
-      LineResult& r = results[i];
+    b.results.assign(b.lines.size(), LineResult{});
+  };
+  const auto write_block = [&](Block& b) {
+    for (size_t i = 0; i < b.results.size(); ++i) {
+      LineResult& r = b.results[i];
       if (!r.category.empty()) {
         if (!opt.skip_bad_lines)
-          user_error(src.path, ":", line_no[i], ": ", r.reason,
+          user_error(src.path, ":", b.line_no[i], ": ", r.reason,
                      " (--skip-bad-lines or data.skip_bad_lines: true skips such lines)");
         ++dropped[r.category];
         continue;
@@ -226,7 +248,7 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool,
       }
       ++kept;
       tokens += static_cast<int64_t>(t.size());
-      for (size_t k = 1; k < t.size(); ++k) loss_tokens += r.sample.mask[k];
+      loss_tokens += r.loss_tokens;
       const int64_t n = static_cast<int64_t>(t.size());
       if (opt.seq_len > 0) {
         const auto pieces = sample_pieces(0, 0, n, opt.seq_len, policy);
@@ -236,11 +258,46 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool,
         }
         for (const Piece& p : pieces) lengths.push_back(p.length - 1);
       }
-      for (int32_t id : t)  // templates add special ids by name; every id must be the tokenizer's
-        KILN_CHECK(id >= 0 && id < job.vocab, src.path, ": token id ", id, " outside [0, ", job.vocab, ")");
       writer.append(t, r.sample.mask);
+      r.sample = {};  // the block's memory goes back as it is written
     }
     progress.update(src.name, bytes_done, tokens_done + tokens);
+  };
+  const std::function<void(int64_t)> tokenize[2] = {
+      [&](int64_t w) { tokenize_lines(blocks[0].lines, w, workers, job, blocks[0].results); },
+      [&](int64_t w) { tokenize_lines(blocks[1].lines, w, workers, job, blocks[1].results); }};
+  Block* cur = &blocks[0];  // the block the workers tokenize
+  Block* next = &blocks[1];
+  bool running = false;
+  // Where this thread's time goes: reading, writing, and waiting for the workers (the part of
+  // tokenizing that reading and writing do not hide).
+  double read_s = 0, write_s = 0, wait_s = 0;
+  const auto timed = [](double& total, const auto& f) {
+    const auto t = std::chrono::steady_clock::now();
+    f();
+    total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  try {
+    timed(read_s, [&] { read_block(*cur); });
+    if ((running = !cur->lines.empty())) pool.start(tokenize[cur - blocks]);
+    while (running || !eof) {
+      timed(read_s, [&] { read_block(*next); });
+      Block* done = nullptr;
+      if (running) {
+        running = false;
+        timed(wait_s, [&] { pool.wait(); });
+        done = cur;
+      }
+      if ((running = !next->lines.empty())) pool.start(tokenize[next - blocks]);
+      if (done) timed(write_s, [&] { write_block(*done); });
+      std::swap(cur, next);
+    }
+  } catch (...) {
+    if (running) try {
+        pool.wait();  // the workers read the blocks: they finish before the blocks go
+      } catch (...) {
+      }
+    throw;
   }
   tokens_done += tokens;
   if (lines == 0) user_error(src.path, ": empty file (no samples)");
@@ -250,6 +307,9 @@ json prep_source(const SourceJob& job, const PrepOptions& opt, WorkerPool& pool,
   for (const auto& [k, v] : dropped) stats["dropped"][k] = v;
   stats["tokens"] = tokens;
   stats["loss_tokens"] = loss_tokens;
+  stats["read_seconds"] = read_s;
+  stats["write_seconds"] = write_s;
+  stats["tokenize_wait_seconds"] = wait_s;
   if (opt.seq_len > 0) {
     stats["overlong"] = overlong;  // samples over seq_len + 1 tokens
     stats["overlong_policy"] = policy;

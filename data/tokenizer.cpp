@@ -4,94 +4,13 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
-#include <atomic>
 #include <filesystem>
 #include <unordered_map>
 
 #include "base/error.h"
+#include "data/bpe_encoder.h"
 
 namespace kiln {
-
-namespace {
-
-// A minimal protobuf wire-format walk over sentencepiece's ModelProto, for the few settings
-// that decide whether word-by-word encoding is exact (field numbers of sentencepiece_model.proto).
-struct ProtoReader {
-  const unsigned char* p;
-  const unsigned char* end;
-  bool ok = true;
-  uint64_t varint() {
-    uint64_t v = 0;
-    for (int shift = 0; p < end && shift < 64; shift += 7) {
-      const unsigned char b = *p++;
-      v |= uint64_t(b & 0x7F) << shift;
-      if (!(b & 0x80)) return v;
-    }
-    ok = false;
-    return 0;
-  }
-  // Calls f(field, wire_type, varint value, bytes) for each field; false on malformed input.
-  template <typename F>
-  bool each(F f) {
-    while (ok && p < end) {
-      const uint64_t tag = varint();
-      const int field = static_cast<int>(tag >> 3), wire = static_cast<int>(tag & 7);
-      uint64_t v = 0;
-      std::string bytes;
-      if (wire == 0) {
-        v = varint();
-      } else if (wire == 2) {
-        const uint64_t n = varint();
-        if (n > uint64_t(end - p)) return false;
-        bytes.assign(reinterpret_cast<const char*>(p), n);
-        p += n;
-      } else if (wire == 1 || wire == 5) {
-        const size_t n = wire == 1 ? 8 : 4;
-        if (size_t(end - p) < n) return false;
-        p += n;
-      } else {
-        return false;
-      }
-      f(field, v, bytes);
-    }
-    return ok;
-  }
-};
-
-bool word_cache_exact(const std::string& model) {
-  ProtoReader top{reinterpret_cast<const unsigned char*>(model.data()),
-                  reinterpret_cast<const unsigned char*>(model.data()) + model.size()};
-  // proto defaults: UNIGRAM, split by whitespace, dummy prefix, extra whitespace removed
-  int64_t model_type = 1;
-  bool split_ws = true, ws_suffix = false, ws_only = false;
-  std::string norm_name;
-  bool dummy = true, remove_extra = true, escape = true;
-  const bool ok = top.each([&](int field, uint64_t, const std::string& bytes) {
-    ProtoReader sub{reinterpret_cast<const unsigned char*>(bytes.data()),
-                    reinterpret_cast<const unsigned char*>(bytes.data()) + bytes.size()};
-    if (field == 2) {  // TrainerSpec
-      sub.each([&](int f, uint64_t v, const std::string&) {
-        if (f == 3) model_type = static_cast<int64_t>(v);
-        if (f == 22) split_ws = v != 0;
-        if (f == 24) ws_suffix = v != 0;
-        if (f == 26) ws_only = v != 0;
-      });
-    } else if (field == 3) {  // NormalizerSpec
-      sub.each([&](int f, uint64_t v, const std::string& b) {
-        if (f == 1) norm_name = b;
-        if (f == 3) dummy = v != 0;
-        if (f == 4) remove_extra = v != 0;
-        if (f == 5) escape = v != 0;
-      });
-    }
-  });
-  return ok && model_type == 2 && split_ws && !ws_suffix && !ws_only && norm_name == "identity" && !dummy &&
-         !remove_extra && escape;
-}
-
-std::atomic<uint64_t> next_instance{1};
-
-}  // namespace
 
 Tokenizer::Tokenizer(const std::string& model_path)
     : path_(model_path), sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
@@ -99,43 +18,27 @@ Tokenizer::Tokenizer(const std::string& model_path)
     user_error(model_path, ": tokenizer model not found (expected a sentencepiece .model file)");
   const auto status = sp_->Load(model_path);
   if (!status.ok()) user_error(model_path, ": not a sentencepiece model (", status.ToString(), ")");
-  word_cache_ = word_cache_exact(sp_->serialized_model_proto());
-  instance_ = next_instance++;
+  bpe_ = BpeEncoder::create(sp_->serialized_model_proto());
 }
 
 Tokenizer::~Tokenizer() = default;
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
-  if (!word_cache_) return encode_plain(text);
-  // [thread] word (with its leading space) -> ids; cleared when it grows too large or when the
-  // thread starts using another tokenizer.
-  thread_local std::unordered_map<std::string, std::vector<int32_t>> cache;
-  thread_local uint64_t owner = 0;
-  constexpr size_t kMaxWord = 48, kMaxEntries = 1 << 18;  // about 20 MB a thread at most
-  if (owner != instance_ || cache.size() > kMaxEntries) {
-    cache.clear();
-    owner = instance_;
+  if (bpe_) {
+    std::vector<int32_t> out;
+    out.reserve(text.size() / 3 + 4);
+    if (bpe_->encode(text, out)) return out;
   }
-  std::vector<int32_t> out;
-  out.reserve(text.size() / 3 + 4);
-  size_t i = 0;
-  const size_t n = text.size();
-  while (i < n) {
-    size_t j = text.find(' ', i + 1);  // a word runs up to the next space, which starts the next
-    if (j == std::string::npos) j = n;
-    if (j - i > kMaxWord) {
-      const auto ids = encode_plain(text.substr(i, j - i));
-      out.insert(out.end(), ids.begin(), ids.end());
-    } else {
-      std::string word = text.substr(i, j - i);
-      auto it = cache.find(word);
-      if (it == cache.end()) it = cache.emplace(std::move(word), encode_plain(text.substr(i, j - i))).first;
-      out.insert(out.end(), it->second.begin(), it->second.end());
-    }
-    i = j;
-  }
-  return out;
+  return encode_plain(text);  // a model the native encoder does not reproduce, or invalid UTF-8
 }
+
+std::vector<int32_t> Tokenizer::encode_uncached(const std::string& text) const {
+  std::vector<int32_t> out;
+  if (bpe_ && bpe_->encode_uncached(text, out)) return out;
+  return encode_plain(text);
+}
+
+bool Tokenizer::word_cache() const { return bpe_ && bpe_->words_independent(); }
 
 std::vector<int32_t> Tokenizer::encode_plain(const std::string& text) const {
   std::vector<int> ids;

@@ -12,6 +12,8 @@ class SentencePieceProcessor;
 
 namespace kiln {
 
+class BpeEncoder;
+
 class Tokenizer {
  public:
   explicit Tokenizer(const std::string& model_path);  // UserError if missing or not a model
@@ -19,13 +21,19 @@ class Tokenizer {
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;
 
-  std::vector<int32_t> encode(const std::string& text) const;  // no bos/eos added
-  // encode() without the word cache (see word_cache()); the same ids, slower.
+  // The ids of `text`, no bos/eos added. BPE models that keep text as it is (as `kiln tokenizer
+  // train` makes them, and Llama's) go through kiln's own encoder (data/bpe_encoder.h), which
+  // gives sentencepiece's ids without its per-call overhead; other models through sentencepiece.
+  std::vector<int32_t> encode(const std::string& text) const;
+  // sentencepiece's own encoder: the reference the native one is tested against.
   std::vector<int32_t> encode_plain(const std::string& text) const;
-  // True when encode() may cache the ids of each space-led word: a BPE model that splits at
-  // whitespace and neither normalizes text nor adds a dummy prefix (as `kiln tokenizer train`
-  // makes them), so that encoding word by word gives exactly the ids of the whole text.
-  bool word_cache() const { return word_cache_; }
+  // encode() without the word cache (the native encoder on the whole text, where it applies).
+  std::vector<int32_t> encode_uncached(const std::string& text) const;
+  // True when the native encoder applies to this model.
+  bool native() const { return bpe_ != nullptr; }
+  // True when encode() caches the ids of each "▁"-led word: no piece has "▁" after its first
+  // character, so no merge crosses a word and each word encodes to the ids it has in the text.
+  bool word_cache() const;
   std::string decode(const std::vector<int32_t>& ids) const;
   // How many of `ids` decode to whole characters: trailing byte pieces (<0xE5>, ...) that start
   // a UTF-8 character without finishing it are held back (generate stops mid-character).
@@ -43,8 +51,7 @@ class Tokenizer {
  private:
   std::string path_;
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
-  bool word_cache_ = false;
-  uint64_t instance_ = 0;  // tells the per-thread word caches of different tokenizers apart
+  std::unique_ptr<BpeEncoder> bpe_;  // null: sentencepiece encodes
 };
 
 // Special pieces every built-in chat template needs; `kiln tokenizer train` defines them all.

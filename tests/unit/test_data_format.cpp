@@ -4,12 +4,13 @@
 #include <sentencepiece_trainer.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 
+#include "base/error.h"
 #include "data/chat_template.h"
 #include "data/sample_format.h"
 #include "data/tokenizer.h"
 #include "tests/unit/test_data_util.h"
-#include "base/error.h"
 
 namespace kiln {
 namespace {
@@ -62,9 +63,10 @@ TEST(DataTokenizer, RoundTripAndSpecialPiecesByName) {
   }
 }
 
-TEST(DataTokenizer, WordCacheGivesExactlyThePlainIds) {
-  const Tokenizer& tok = tokenizer();
-  ASSERT_TRUE(tok.word_cache());  // kiln-trained: BPE, identity normalization, no dummy prefix
+// Texts that exercise every path of the native encoder: runs of spaces, leading and trailing
+// spaces, tabs and newlines, the chat specials (user-defined symbols, never merged), characters
+// the vocabulary lacks (byte fallback or unk), scripts without spaces, emoji, long words.
+std::vector<std::string> encoder_texts() {
   std::vector<std::string> texts = {"a  b",
                                     "  two leading",
                                     "trailing  ",
@@ -72,12 +74,89 @@ TEST(DataTokenizer, WordCacheGivesExactlyThePlainIds) {
                                     "",
                                     "tab\tand\nnewline here",
                                     "<_user>q one<_bot>a one <_end>",
+                                    "<_user><_user> <|im_start|>user\nhi<|im_end|>",
                                     "€ 床前明月光，疑是地上霜。 x",
+                                    "😀🤖 Ω≈ç √∫ ñ",
                                     std::string(200, 'a') + " " + std::string(100, ' ') + "z"};
   std::ifstream in(test::fixture("tokenizer_corpus.txt"));
   for (std::string l; std::getline(in, l);) texts.push_back(l);
-  for (int pass = 0; pass < 2; ++pass)  // the second pass is served from the cache
-    for (const auto& t : texts) EXPECT_EQ(tok.encode(t), tok.encode_plain(t)) << t;
+  std::ifstream zh(test::fixture("zh_corpus.txt"));
+  for (std::string l; std::getline(zh, l);) texts.push_back(l);
+  // Random mixtures of those pieces.
+  const std::vector<std::string> parts = {"the",   " ",      "  ",     "ing",        "\t", "\n",
+                                          "床前",  "明月光", "<_bot>", "€",          "😀",  "x",
+                                          "Hello", ",",      "。",     "<|im_end|>", "12", "\xc3\xa9"};
+  std::mt19937 rng(7);
+  for (int t = 0; t < 300; ++t) {
+    std::string s;
+    for (int k = 0, n = 1 + static_cast<int>(rng() % 30); k < n; ++k) s += parts[rng() % parts.size()];
+    texts.push_back(s);
+  }
+  return texts;
+}
+
+// encode (word cache), encode_uncached (native, whole text) and sentencepiece's encode_plain agree.
+void expect_native_equals_sentencepiece(const Tokenizer& tok) {
+  const auto texts = encoder_texts();
+  for (int pass = 0; pass < 2; ++pass)  // the second pass is served from the word cache
+    for (const auto& t : texts) {
+      const auto ref = tok.encode_plain(t);
+      EXPECT_EQ(tok.encode(t), ref) << t;
+      EXPECT_EQ(tok.encode_uncached(t), ref) << t;
+    }
+  const std::string bad = "ok \xff\xfe then";  // invalid UTF-8: sentencepiece's replacement rule
+  EXPECT_EQ(tok.encode(bad), tok.encode_plain(bad));
+}
+
+// A sentencepiece model trained on the fixture corpora, plus indented lines (runs of spaces), with
+// `options` ("--key=value ...").
+std::string train_model(const test::TempDir& tmp, const std::string& name, const std::string& options) {
+  {
+    std::ofstream code(tmp / "indented.txt");
+    for (int i = 0; i < 300; ++i) code << "    if (x) {\n        return  y" << i << ";\n    }\n";
+  }
+  const std::string args = "--input=" + test::fixture("tokenizer_corpus.txt") + "," +
+                           test::fixture("zh_corpus.txt") + "," + (tmp / "indented.txt") +
+                           " --model_prefix=" + (tmp / name) + " --minloglevel=2 --hard_vocab_limit=false " +
+                           options;
+  const auto status = sentencepiece::SentencePieceTrainer::Train(args);
+  EXPECT_TRUE(status.ok()) << args << ": " << status.ToString();
+  return tmp / (name + ".model");
+}
+
+TEST(DataTokenizer, NativeEncoderGivesExactlySentencepiecesIds) {
+  const Tokenizer& tok = tokenizer();
+  ASSERT_TRUE(tok.native());      // kiln-trained: BPE, identity normalization, no dummy prefix
+  ASSERT_TRUE(tok.word_cache());  // and no piece with an inner "▁"
+  expect_native_equals_sentencepiece(tok);
+}
+
+TEST(DataTokenizer, NativeEncoderOnLlamaStyleModels) {
+  test::TempDir tmp;
+  // Llama's settings: identity, dummy prefix, whitespace kept, byte fallback, digits split, and
+  // whitespace-only pieces ("▁▁"), which merge across words: no word cache there.
+  const std::string llama = train_model(
+      tmp, "llama",
+      "--vocab_size=1500 --model_type=bpe --normalization_rule_name=identity --add_dummy_prefix=true "
+      "--remove_extra_whitespaces=false --byte_fallback=true --split_digits=true "
+      "--allow_whitespace_only_pieces=true --user_defined_symbols=<_bot>,<|im_end|> "
+      "--character_coverage=0.9995");
+  Tokenizer a(llama);
+  ASSERT_TRUE(a.native());
+  ASSERT_GE(a.piece_id("▁▁▁▁"), 0);
+  EXPECT_FALSE(a.word_cache()) << "a whitespace-only piece crosses words";
+  EXPECT_EQ(a.encode("    if (x)"), a.encode_plain("    if (x)"));
+  expect_native_equals_sentencepiece(a);
+  // Without byte fallback, a run of unknown characters is one unk; the word cache stays exact
+  // only while "▁" is a piece of its own.
+  const std::string unk = train_model(tmp, "unk",
+                                      "--vocab_size=1000 --model_type=bpe --normalization_rule_name=identity "
+                                      "--add_dummy_prefix=false --remove_extra_whitespaces=false "
+                                      "--character_coverage=0.98");
+  Tokenizer b(unk);
+  ASSERT_TRUE(b.native());
+  expect_native_equals_sentencepiece(b);
+  EXPECT_EQ(b.encode("😀🤖"), std::vector<int32_t>{b.piece_id("<unk>")});
 }
 
 TEST(DataTokenizer, NoWordCacheForNormalizingModels) {
@@ -89,6 +168,7 @@ TEST(DataTokenizer, NoWordCacheForNormalizingModels) {
                            " --vocab_size=400 --model_type=bpe --character_coverage=1.0 --minloglevel=2";
   ASSERT_TRUE(sentencepiece::SentencePieceTrainer::Train(args).ok());
   Tokenizer llama_like(tmp / "llama.model");
+  EXPECT_FALSE(llama_like.native());
   EXPECT_FALSE(llama_like.word_cache());
   // The normalization a word cache would bypass is really there: this model drops the extra
   // space and the kiln-trained one keeps it, and encode() still agrees with it.
