@@ -8,11 +8,14 @@
 #include <c10/core/CPUAllocator.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <map>
 #include <memory>
 
+#include "base/file_io.h"
 #include "models/hf.h"
 #include "models/llama.h"
 #include "models/safetensors.h"
@@ -176,6 +179,56 @@ TEST(TensorParallel, HuggingFaceFixturesGiveReferenceLogits) {
       EXPECT_LE(rel(loss, e.tensor("loss").to(at::kFloat)), 1e-4);
     }
   }
+}
+
+// Baichuan's fused W_pack (3h, h) = [q; k; v]: each rank reads its q, k and v rows out of it and
+// the loss is the one-rank model's.
+TEST(TensorParallel, BaichuanWPackSplitPerRank) {
+  ModelConfig c = tiny(4);  // W_pack needs as many kv heads as heads
+  Llama ref = reference_model(c);
+  const Batch batch = make_batch(c, false);
+  std::string dir =
+      std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") + "/kiln-tp-wpack.XXXXXX";
+  std::vector<char> buf(dir.begin(), dir.end());
+  buf.push_back(0);
+  if (world().rank() == 0) {
+    dir = mkdtemp(buf.data());
+    std::vector<std::pair<std::string, at::Tensor>> named;
+    std::map<std::string, at::Tensor> params;
+    for (const auto& item : ref->named_parameters()) params[item.key()] = item.value().detach();
+    for (const auto& [name, t] : params) {
+      const size_t at_q = name.find("self_attn.q_proj.weight");
+      if (at_q != std::string::npos) {
+        const std::string prefix = name.substr(0, at_q) + "self_attn.";
+        named.emplace_back(prefix + "W_pack.weight",
+                           at::cat({t, params[prefix + "k_proj.weight"], params[prefix + "v_proj.weight"]}));
+      } else if (name.find("k_proj") == std::string::npos && name.find("v_proj") == std::string::npos) {
+        named.emplace_back(name, t);
+      }
+    }
+    write_safetensors(dir + "/model.safetensors", named);
+  }
+  // Every rank learns the directory's name from rank 0 (as bytes).
+  at::Tensor name = at::zeros({256}, at::kInt);
+  if (world().rank() == 0)
+    for (size_t i = 0; i < dir.size(); ++i) name[i] = static_cast<int>(dir[i]);
+  world().broadcast(name, 0);
+  dir.clear();
+  for (int64_t i = 0; i < 256 && name[i].item<int>() != 0; ++i) dir += static_cast<char>(name[i].item<int>());
+
+  auto tp = std::make_shared<TensorParallel>(world(), false);
+  Llama m(c, LlamaBuild{StageSpec{}, tensor_parallel_projections(tp), /*meta=*/true, tp});
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+  for (const auto& item : m->named_parameters()) shapes.emplace_back(item.key(), item.value().sizes().vec());
+  const TpShardMap shards = m->tp_shards();
+  {
+    TpShardedSource source(hf_weight_source(dir, tp_global_shapes(shapes, shards), false), shards);
+    materialize(*m, source);
+  }
+  at::NoGradGuard no_grad;
+  EXPECT_LT(rel(m->forward_loss(batch), ref->forward_loss(batch)), 1e-5);
+  world().barrier();
+  if (world().rank() == 0) remove_tree(dir);
 }
 
 // `kiln plan`'s per-rank parameter count is what a rank allocates.
