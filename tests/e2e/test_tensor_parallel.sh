@@ -105,7 +105,7 @@ ALL_LAYOUTS=1 variant base
 variant vocab701 --set model.vocab_size=701
 variant tied --set model.tie_embeddings=true
 WTOL=losses-only variant alibi --set model.position=alibi  # (*)
-variant sft --set data.mixture=sft_only.jsonl
+variant sft --set data.mixture="$WORK/sft_only.jsonl"
 echo "layouts: $(($(date +%s) - t0)) s"
 
 # Saved at tp 2 x dp 2 (ZeRO-1) after 3 steps, resumed at tp 1 and at tp 4: the remaining steps
