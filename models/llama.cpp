@@ -13,13 +13,17 @@
 #include "models/ops/varlen_attention.h"
 #include "models/recompute.h"
 #include "models/weight_source.h"
+#include "parallel/tp_layers.h"
+#include "parallel/tp_mappings.h"
+#include "parallel/tp_weights.h"
+#include "parallel/vocab_parallel_loss.h"
 #include "base/error.h"
 
 namespace kiln {
 
 // ---- RMSNorm ---------------------------------------------------------------------------------
 
-RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps, std::shared_ptr<TensorParallel> tp) : eps_(eps), tp_(std::move(tp)) {
   weight = register_parameter("weight", shape_only({dim}));
 }
 
@@ -27,7 +31,10 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
   // Normalise in fp32, scale in the input dtype (as LlamaRMSNorm does).
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor var = xf.pow(2).mean(/*dim=*/-1, /*keepdim=*/true);
-  return weight * (xf * at::rsqrt(var + eps_)).to(x.scalar_type());
+  // Sequence parallel: each rank normalises its slice of the sequence, so the weight's gradient
+  // is the sum of the ranks' (copy_to_region: identity forward, all-reduce backward).
+  at::Tensor w = tp_ && tp_->sequence_parallel() ? copy_to_region(weight, tp_->group()) : weight;
+  return w * (xf * at::rsqrt(var + eps_)).to(x.scalar_type());
 }
 
 // ---- Rotary embeddings -----------------------------------------------------------------------
@@ -98,19 +105,26 @@ at::Tensor rotate_half(const at::Tensor& x) {
 AttentionImpl::AttentionImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make)
     : num_heads_(cfg.num_heads), num_kv_heads_(cfg.kv_heads()), head_dim_(cfg.head_dim()) {
   const int64_t h = cfg.hidden_size;
-  q_proj = register_module("q_proj", make({"q_proj", layer, h, num_heads_ * head_dim_, ShardDim::Out}));
-  k_proj = register_module("k_proj", make({"k_proj", layer, h, num_kv_heads_ * head_dim_, ShardDim::Out}));
-  v_proj = register_module("v_proj", make({"v_proj", layer, h, num_kv_heads_ * head_dim_, ShardDim::Out}));
-  o_proj = register_module("o_proj", make({"o_proj", layer, num_heads_ * head_dim_, h, ShardDim::In}));
+  const int64_t D = head_dim_;  // heads are split whole
+  q_proj = register_module("q_proj", make({"q_proj", layer, h, num_heads_ * D, ShardDim::Out, D}));
+  k_proj = register_module("k_proj", make({"k_proj", layer, h, num_kv_heads_ * D, ShardDim::Out, D}));
+  v_proj = register_module("v_proj", make({"v_proj", layer, h, num_kv_heads_ * D, ShardDim::Out, D}));
+  o_proj = register_module("o_proj", make({"o_proj", layer, num_heads_ * D, h, ShardDim::In, D}));
+  // The heads this rank computes (all of them unless a tensor-parallel factory split them).
+  num_heads_ = q_proj->spec().local_out() / D;
+  num_kv_heads_ = k_proj->spec().local_out() / D;
+  head_offset_ = q_proj->spec().shard_len > 0 ? q_proj->spec().shard_offset / D : 0;
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionContext& ctx) {
-  const int64_t B = x.size(0), T = x.size(1);
+  // T from q, not x: under sequence parallel x holds 1/tp of the sequence and q_proj gathers it.
+  at::Tensor q_full = q_proj(x);
+  const int64_t B = q_full.size(0), T = q_full.size(1);
   if (ctx.cu_seqlens.defined()) {
     // Packed documents on CUDA: tokens laid end to end (N = B*T), varlen flash attention.
     // No selective recomputation here: the kernel keeps only q, k, v, the output and the
     // (H, N) log-sum-exp, which is what recomputing the core would keep anyway.
-    at::Tensor q = q_proj(x).view({B * T, num_heads_, head_dim_});     // (N, H, D)
+    at::Tensor q = q_full.view({B * T, num_heads_, head_dim_});        // (N, H, D)
     at::Tensor k = k_proj(x).view({B * T, num_kv_heads_, head_dim_});  // (N, K, D)
     at::Tensor v = v_proj(x).view({B * T, num_kv_heads_, head_dim_});
     at::Tensor cos = ctx.cos.reshape({B * T, 1, head_dim_}), sin = ctx.sin.reshape({B * T, 1, head_dim_});
@@ -120,7 +134,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionContext& c
     at::Tensor out = varlen_flash_attention(q, k, v, layout);  // (N, H, D)
     return o_proj(out.view({B, T, num_heads_ * head_dim_}));
   }
-  at::Tensor q = q_proj(x).view({B, T, num_heads_, head_dim_}).transpose(1, 2);     // (B, H, T, D)
+  at::Tensor q = q_full.view({B, T, num_heads_, head_dim_}).transpose(1, 2);        // (B, H, T, D)
   at::Tensor k = k_proj(x).view({B, T, num_kv_heads_, head_dim_}).transpose(1, 2);  // (B, K, T, D)
   at::Tensor v = v_proj(x).view({B, T, num_kv_heads_, head_dim_}).transpose(1, 2);
   if (ctx.cos.defined()) {
@@ -135,6 +149,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionContext& c
   }
   at::Tensor mask = ctx.mask;
   if (mask.defined() && mask.is_floating_point()) mask = mask.to(q.scalar_type());
+  // ALiBi's per-head bias: the slopes of this rank's heads.
+  if (mask.defined() && mask.size(1) > 1 && mask.size(1) != num_heads_) mask = mask.narrow(1, head_offset_, num_heads_);
   const bool is_causal = ctx.causal && !mask.defined();
   auto core = [is_causal](const std::vector<at::Tensor>& in) {  // in: q, k, v[, mask]
     std::optional<at::Tensor> mask = in.size() > 3 ? std::optional<at::Tensor>(in[3]) : std::nullopt;
@@ -159,12 +175,13 @@ MLPImpl::MLPImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory&
 
 at::Tensor MLPImpl::forward(const at::Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make) {
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make,
+                                   std::shared_ptr<TensorParallel> tp) {
   self_attn = register_module("self_attn", Attention(cfg, layer, make));
   mlp = register_module("mlp", MLP(cfg, layer, make));
-  input_layernorm = register_module("input_layernorm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+  input_layernorm = register_module("input_layernorm", RMSNorm(cfg.hidden_size, cfg.norm_eps, tp));
   post_attention_layernorm =
-      register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+      register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.norm_eps, tp));
 }
 
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const AttentionContext& ctx) {
@@ -174,15 +191,23 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const AttentionContext
 
 // ---- The stack -------------------------------------------------------------------------------
 
-EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim) {
-  weight = register_parameter("weight", shape_only({vocab, dim}));
+EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, std::shared_ptr<TensorParallel> tp) : tp_(std::move(tp)) {
+  int64_t rows = vocab;
+  if (tp_) {
+    const DimShard s = shard_dim(vocab, 1, tp_->rank(), tp_->size());
+    vocab_offset = s.offset;
+    rows = s.len;
+  }
+  weight = register_parameter("weight", shape_only({rows, dim}));
 }
 
-at::Tensor EmbeddingImpl::forward(const at::Tensor& ids) { return at::embedding(weight, ids); }
+at::Tensor EmbeddingImpl::forward(const at::Tensor& ids) {
+  return tp_ ? vocab_parallel_embedding(ids, weight, vocab_offset, *tp_) : at::embedding(weight, ids);
+}
 
 LlamaImpl::LlamaImpl(const ModelConfig& cfg, StageSpec stage) : LlamaImpl(cfg, LlamaBuild{stage, {}, false}) {}
 
-LlamaImpl::LlamaImpl(const ModelConfig& cfg, LlamaBuild build) : cfg_(cfg), stage_(build.stage) {
+LlamaImpl::LlamaImpl(const ModelConfig& cfg, LlamaBuild build) : cfg_(cfg), stage_(build.stage), tp_(build.tp) {
   const ProjectionFactory make = build.projections ? build.projections : dense_projections();
   if (stage_.layer_end < 0) stage_.layer_end = cfg.num_layers;
   KILN_CHECK(
@@ -192,12 +217,12 @@ LlamaImpl::LlamaImpl(const ModelConfig& cfg, LlamaBuild build) : cfg_(cfg), stag
   auto body = register_module("model", std::make_shared<torch::nn::Module>());
   if (stage_.has_embedding || (stage_.has_head && cfg.tie_embeddings))
     embed_tokens =
-        body->register_module("embed_tokens", Embedding(cfg.padded_vocab(), cfg.hidden_size));
+        body->register_module("embed_tokens", Embedding(cfg.padded_vocab(), cfg.hidden_size, tp_));
   auto layer_list = body->register_module("layers", std::make_shared<torch::nn::Module>());
   for (int64_t i = stage_.layer_begin; i < stage_.layer_end; ++i)
-    layers.push_back(layer_list->register_module(std::to_string(i), DecoderLayer(cfg, i, make)));
+    layers.push_back(layer_list->register_module(std::to_string(i), DecoderLayer(cfg, i, make, tp_)));
   if (stage_.has_head) {
-    norm = body->register_module("norm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+    norm = body->register_module("norm", RMSNorm(cfg.hidden_size, cfg.norm_eps, tp_));
     if (!cfg.tie_embeddings)
       lm_head = register_module("lm_head", make({"lm_head", -1, cfg.hidden_size, cfg.padded_vocab(), ShardDim::Out}));
   }
@@ -207,7 +232,35 @@ LlamaImpl::LlamaImpl(const ModelConfig& cfg, LlamaBuild build) : cfg_(cfg), stag
 
 void LlamaImpl::reset_parameters() { reset_parameters(at::detail::getDefaultCPUGenerator().current_seed()); }
 
-void LlamaImpl::reset_parameters(uint64_t seed) { materialize(*this, *random_init_source(cfg_, seed)); }
+void LlamaImpl::reset_parameters(uint64_t seed) {
+  std::unique_ptr<WeightSource> source = random_init_source(cfg_, seed);
+  if (!tp_) return materialize(*this, *source);
+  TpShardedSource sharded(*source, tp_shards());  // each rank its slices of the global tensors
+  materialize(*this, sharded);
+}
+
+TpShardMap LlamaImpl::tp_shards() const {
+  TpShardMap out;
+  if (!tp_) return out;
+  for (const auto& item : named_modules()) {
+    const std::string& name = item.key();
+    if (auto* p = dynamic_cast<const ProjectionImpl*>(item.value().get())) {
+      const ProjectionSpec& s = p->spec();
+      if (s.shard == ShardDim::None || s.shard_len == 0) continue;
+      TpShard t;
+      t.global_shape = {s.out, s.in};
+      t.dim = s.shard == ShardDim::Out ? 0 : 1;
+      t.offset = s.shard_offset;
+      t.len = s.shard_len;
+      t.replicas = s.replicas;
+      t.replica_index = tp_->rank() % s.replicas;
+      out[name + ".weight"] = t;
+    } else if (auto* e = dynamic_cast<const EmbeddingImpl*>(item.value().get())) {
+      out[name + ".weight"] = TpShard{{cfg_.padded_vocab(), cfg_.hidden_size}, 0, e->vocab_offset, e->weight.size(0), 1, 0};
+    }
+  }
+  return out;
+}
 
 std::vector<int64_t> LlamaImpl::unit_reads(int64_t unit) const {
   // A tied head on a stage that also holds the embedding reads unit 0's weight.
@@ -295,9 +348,26 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
   return ctx;
 }
 
+at::Tensor LlamaImpl::local_logits(const at::Tensor& h) {
+  Communicator& g = tp_->group();
+  auto replicated = [&](const at::Tensor& x) { return tp_->sequence_parallel() ? gather_seq(x, g) : copy_to_region(x, g); };
+  at::Tensor logits;
+  int64_t offset = 0;
+  if (lm_head) {
+    offset = lm_head->spec().shard_offset;
+    logits = cfg_.norm_head ? at::linear(replicated(h), effective_head_weight(lm_head->weight, cfg_)) : lm_head(h);
+  } else {
+    offset = embed_tokens->vocab_offset;
+    logits = at::linear(replicated(h), effective_head_weight(embed_tokens->weight, cfg_));
+  }
+  return mask_vocab_slice(logits.to(at::kFloat), offset, cfg_.vocab_size);  // (B, T, S)
+}
+
 at::Tensor LlamaImpl::forward(const Batch& batch, const at::Tensor& hidden_in) {
   return run_units(batch, hidden_in, [this](const at::Tensor& in) {
     at::Tensor h = norm(in);
+    // Tensor parallel: the ranks' slices gathered (generate, eval); the loss never does this.
+    if (tp_) return gather_last_dim(local_logits(h), tp_->group()).narrow(-1, 0, cfg_.padded_vocab());
     // (B, T, V) fp32; NormHead and vocabulary padding in models/lm_head.h
     return lm_head ? head_logits(h, lm_head, cfg_) : head_logits(h, embed_tokens->weight, cfg_);
   });
@@ -323,6 +393,13 @@ at::Tensor LlamaImpl::forward_loss(const Batch& batch, const at::Tensor& token_w
   at::Tensor labels = batch.labels, weights = token_weights;
   return run_units(batch, hidden_in, [this, labels, weights](const at::Tensor& in) {
     at::Tensor h = norm(in);
+    if (tp_) {  // vocab-parallel cross-entropy from this rank's logits slice
+      at::Tensor logits = local_logits(h);
+      const int64_t offset = lm_head ? lm_head->spec().shard_offset : embed_tokens->vocab_offset;
+      at::Tensor per_token = vocab_parallel_cross_entropy(logits.reshape({-1, logits.size(-1)}), labels.reshape(-1),
+                                                          offset, tp_->group(), kIgnoreIndex);
+      return weights.defined() ? (per_token * weights.reshape(-1).to(per_token.scalar_type())).sum() : per_token.sum();
+    }
     // A plain dense (or tied) head: head and loss in one chunked op, no (B, T, V) fp32 logits.
     if (at::Tensor w = plain_head_weight(*this); w.defined())
       return linear_cross_entropy_sum(h.reshape({-1, h.size(-1)}), w, labels.reshape(-1),

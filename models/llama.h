@@ -15,6 +15,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,8 +24,11 @@
 #include "base/model_config.h"
 #include "models/projection.h"
 #include "models/unit_chain.h"
+#include "parallel/tp_layers.h"
 
 namespace kiln {
+
+class TensorParallel;  // parallel/tp_layers.h
 
 struct StageSpec {
   int64_t layer_begin = 0;
@@ -39,15 +43,19 @@ struct LlamaBuild {
   StageSpec stage;
   ProjectionFactory projections;  // empty = dense
   bool meta = false;              // false: random init at once from the torch seed (tests, tools)
+  // Tensor parallel (parallel/tp_layers.h): the vocab-parallel embedding, head and loss, and the
+  // sequence-parallel norms; `projections` should then be tensor_parallel_projections(tp).
+  std::shared_ptr<TensorParallel> tp;
 };
 
 class RMSNormImpl : public torch::nn::Module {
  public:
-  RMSNormImpl(int64_t dim, double eps);
+  RMSNormImpl(int64_t dim, double eps, std::shared_ptr<TensorParallel> tp = nullptr);
   at::Tensor forward(const at::Tensor& x);  // (..., dim)
   at::Tensor weight;                        // (dim)
  private:
   double eps_;
+  std::shared_ptr<TensorParallel> tp_;  // sequence parallel: the weight's gradient summed over tp
 };
 TORCH_MODULE(RMSNorm);
 
@@ -81,7 +89,8 @@ class AttentionImpl : public torch::nn::Module {
   Projection q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   bool recompute_core = false;  // selective activation checkpointing
  private:
-  int64_t num_heads_, num_kv_heads_, head_dim_;
+  int64_t num_heads_, num_kv_heads_, head_dim_;  // this rank's heads (tensor parallel: its slice)
+  int64_t head_offset_ = 0;                       // the first local head's global index
 };
 TORCH_MODULE(Attention);
 
@@ -95,7 +104,8 @@ TORCH_MODULE(MLP);
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make);
+  DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make,
+                   std::shared_ptr<TensorParallel> tp = nullptr);
   at::Tensor forward(const at::Tensor& x, const AttentionContext& ctx);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
@@ -103,12 +113,16 @@ class DecoderLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(DecoderLayer);
 
-// The token embedding: weight (V, h), rows looked up by id.
+// The token embedding: weight (V, h), rows looked up by id. Tensor parallel: rows
+// [offset, offset + S) of the vocabulary (parallel/tp_layers.h).
 class EmbeddingImpl : public torch::nn::Module {
  public:
-  EmbeddingImpl(int64_t vocab, int64_t dim);
+  EmbeddingImpl(int64_t vocab, int64_t dim, std::shared_ptr<TensorParallel> tp = nullptr);
   at::Tensor forward(const at::Tensor& ids);  // (B, T) -> (B, T, h)
-  at::Tensor weight;                          // (V, h)
+  at::Tensor weight;                          // (V, h), tensor parallel (S, h)
+  int64_t vocab_offset = 0;                   // the global id of row 0
+ private:
+  std::shared_ptr<TensorParallel> tp_;
 };
 TORCH_MODULE(Embedding);
 
@@ -142,6 +156,9 @@ class LlamaImpl : public torch::nn::Module, public UnitChain {
 
   const ModelConfig& config() const { return cfg_; }
   const StageSpec& stage() const { return stage_; }
+  const std::shared_ptr<TensorParallel>& tensor_parallel() const { return tp_; }
+  // Tensor parallel: where each sharded parameter sits in its global tensor (empty without tp).
+  TpShardMap tp_shards() const;
 
   Embedding embed_tokens{nullptr};   // registered as model.embed_tokens
   std::vector<DecoderLayer> layers;  // [local index] -> model.layers.<global>
@@ -151,7 +168,10 @@ class LlamaImpl : public torch::nn::Module, public UnitChain {
  private:
   ModelConfig cfg_;
   StageSpec stage_;
+  std::shared_ptr<TensorParallel> tp_;
   UnitRunner runner_;
+  // Tensor parallel: this rank's logits (B, T, S) of vocabulary [vocab_offset, + S), padding masked.
+  at::Tensor local_logits(const at::Tensor& h);
   at::Tensor run_units(const Batch& batch, const at::Tensor& hidden_in, const UnitFn& head);
   // Rotary tables are the same every step: kept for the longest span, dtype and device seen
   // (dynamic NTK scaling depends on the span, so there only an equal span is reused).

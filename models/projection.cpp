@@ -12,7 +12,7 @@ bool is_shape_only(const at::Tensor& t) {
 }
 
 ProjectionImpl::ProjectionImpl(const ProjectionSpec& spec) : spec_(spec) {
-  weight = register_parameter("weight", shape_only({spec.out, spec.in}));
+  weight = register_parameter("weight", shape_only({spec.local_out(), spec.local_in()}));
 }
 
 at::Tensor ProjectionImpl::forward(const at::Tensor& x) { return at::linear(x, weight); }

@@ -20,6 +20,17 @@ struct ProjectionSpec {
   int64_t layer = -1;  // global decoder layer index (-1: not in a layer, e.g. lm_head)
   int64_t in = 0, out = 0;
   ShardDim shard = ShardDim::None;
+  int64_t shard_unit = 1;  // the sharded dimension splits in whole units (head_dim for attention)
+  // Filled by a tensor-parallel factory (parallel/tp_layers.h): this rank holds elements
+  // [shard_offset, shard_offset + shard_len) of the sharded dimension (shard_len 0: all of it;
+  // the slice may run past the end of the dimension, for vocabulary padding), and `replicas` ranks
+  // of the tp group hold the same slice (replicated key/value heads).
+  int tp_size = 1;
+  int64_t shard_offset = 0, shard_len = 0;
+  int replicas = 1;
+  // The weight this rank allocates: (local_out(), local_in()).
+  int64_t local_out() const { return shard == ShardDim::Out && shard_len > 0 ? shard_len : out; }
+  int64_t local_in() const { return shard == ShardDim::In && shard_len > 0 ? shard_len : in; }
 };
 
 class ProjectionImpl : public torch::nn::Module {
@@ -28,7 +39,7 @@ class ProjectionImpl : public torch::nn::Module {
   explicit ProjectionImpl(const ProjectionSpec& spec);
   virtual at::Tensor forward(const at::Tensor& x);  // (..., in) -> (..., out)
   const ProjectionSpec& spec() const { return spec_; }
-  at::Tensor weight;  // (out, in)
+  at::Tensor weight;  // (local_out, local_in): (out, in) unless tensor-parallel
 
  protected:
   // For projections that wrap another (models/lora_projection.h): no `weight` of its own is

@@ -92,6 +92,8 @@ struct ZeroOptimizer::Impl {
   int64_t peak = 0;
   std::vector<int64_t> between_units;
   UnitChain* model = nullptr;  // stage 3: the chain whose unit runner this optimizer installed
+  Communicator* norm_group = nullptr;        // tensor parallel: the squared norm summed over it too
+  std::map<std::string, double> norm_weight;  // parameter -> weight of its squared norm (tp replicas)
 
   // ---- layout ---------------------------------------------------------------------------------
 
@@ -470,13 +472,36 @@ double ZeroOptimizer::grad_norm() {
   // In pieces: a double copy of the whole gradient would be twice the gradient's memory again.
   at::Tensor sq = at::zeros({1}, m.grad.options().dtype(at::kDouble));
   constexpr int64_t kPiece = int64_t{1} << 20;
-  for (int64_t off = 0; off < m.grad.numel(); off += kPiece)
-    sq += m.grad.narrow(0, off, std::min(kPiece, m.grad.numel() - off)).to(at::kDouble).pow(2).sum();
+  if (m.norm_weight.empty()) {
+    for (int64_t off = 0; off < m.grad.numel(); off += kPiece)
+      sq += m.grad.narrow(0, off, std::min(kPiece, m.grad.numel() - off)).to(at::kDouble).pow(2).sum();
+  } else {
+    // Per parameter (tensor parallel): the kept part of each, weighted.
+    for (const Impl::Group& G : m.groups)
+      for (int i : G.params) {
+        const Impl::Param& p = m.params[i];
+        const auto [a, b] = m.kept(p, G);
+        auto w = m.norm_weight.find(p.name);
+        const double weight = w == m.norm_weight.end() ? 1.0 : w->second;
+        for (int64_t off = a; off < b; off += kPiece)
+          sq += m.grad.narrow(0, m.local_index(p, G, off), std::min(kPiece, b - off)).to(at::kDouble).pow(2).sum() *
+                weight;
+      }
+  }
   if (m.stage >= 1 && m.dp.size() > 1) {
     sq = sq.to(m.model_device());
     m.dp.all_reduce(sq);
   }
+  if (m.norm_group && m.norm_group->size() > 1) {
+    sq = sq.to(m.model_device());
+    m.norm_group->all_reduce(sq);
+  }
   return std::sqrt(sq.item<double>());
+}
+
+void ZeroOptimizer::set_grad_norm_group(Communicator* tp, std::map<std::string, double> weights) {
+  impl_->norm_group = tp;
+  impl_->norm_weight = std::move(weights);
 }
 
 void adamw_update(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const at::Tensor& grad,

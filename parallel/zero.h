@@ -80,6 +80,10 @@ class ZeroOptimizer {
   void reduce_gradients();
   // Global L2 norm of the reduced gradient, across shards and ranks (same on every rank).
   double grad_norm();
+  // Tensor parallel: the squared norm is also summed over `tp`, each parameter's share weighted
+  // (name -> weight: 1 for a tp-split tensor, 1 / copies for one the tp ranks replicate, so it
+  // counts once). Weights absent count 1.
+  void set_grad_norm_group(Communicator* tp, std::map<std::string, double> weights);
   // Multiplies gradients by grad_scale (clipping), applies AdamW at lr, writes the new values
   // into the model's tensors (stage 1/2: all-gather of the updated partitions, unit by unit).
   void step(double lr, double grad_scale);

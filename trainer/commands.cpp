@@ -13,6 +13,7 @@
 #include "models/hf.h"
 #include "models/weight_source.h"
 #include "parallel/communicator.h"
+#include "parallel/tp_layers.h"
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
@@ -106,18 +107,27 @@ int cmd_plan(int argc, char** argv) {
   const double n = static_cast<double>(m.num_parameters());
   const bool gpu = cfg.train.device == DeviceChoice::cuda;
   const double bytes = cfg.train.precision == Precision::fp32 || (cfg.train.precision == Precision::automatic && !gpu) ? 4 : 2;
-  const double per_rank_params = n / (p.tp * p.pp);
+  // Tensor parallel: the rank's slices exactly (parallel/tp_layers.h: replicated norms and kv heads
+  // counted whole, the vocabulary padded to a multiple of tp).
+  const double per_rank_params = static_cast<double>(tp_rank_parameters(m, static_cast<int>(p.tp))) / p.pp;
   double param_b = per_rank_params * bytes / (p.zero >= 3 ? dp : 1);
   double grad_b = per_rank_params * 4 / (p.zero >= 2 ? dp : 1);
   double optim_b = per_rank_params * 12 / (p.zero >= 1 ? dp : 1);
   // Activations per layer per sequence (Korthikanti et al.): T*h*(34 + 5*H*T/h) bytes at 16 bit.
   const double T = static_cast<double>(cfg.data.seq_len), h = static_cast<double>(m.hidden_size);
   const double layers = static_cast<double>(m.num_layers) / p.pp;
-  double per_layer = T * h * (34 + 5 * m.num_heads * T / h) * bytes / 2 / p.tp;
-  if (cfg.train.activation_checkpointing == Checkpointing::selective) per_layer = T * h * 34 * bytes / 2 / p.tp;
-  double act_b = per_layer * layers * cfg.train.micro_batch_size;
-  if (cfg.train.activation_checkpointing == Checkpointing::full)
-    act_b = (T * h * bytes * layers + per_layer) * cfg.train.micro_batch_size;
+  // With tensor parallel t (Korthikanti et al. table 2): T*h*(10 + 24/t + 5*H*T/(h*t)); the 10 (norm
+  // and dropout regions, replicated) becomes 10/t with sequence parallel; selective drops the
+  // 5*H*T/h attention term; full keeps each layer's input (1/t of it with sequence parallel).
+  const double t = static_cast<double>(p.tp);
+  auto activations = [&](bool sp) {
+    const double attn = cfg.train.activation_checkpointing == Checkpointing::none ? 5 * m.num_heads * T / h / t : 0;
+    const double per_layer = T * h * ((sp ? 10 / t : 10) + 24 / t + attn) * bytes / 2;
+    if (cfg.train.activation_checkpointing == Checkpointing::full)
+      return (T * h * bytes * layers / (sp ? t : 1) + per_layer) * cfg.train.micro_batch_size;
+    return per_layer * layers * cfg.train.micro_batch_size;
+  };
+  const double act_b = activations(p.sequence_parallel);
 
   // LoRA / QLoRA (trainer/lora_setup.h): the frozen base needs no gradient or optimizer state,
   // only the adapters do; an NF4 base is about half a byte per weight.
@@ -154,6 +164,9 @@ int cmd_plan(int argc, char** argv) {
   std::printf("memory per rank:   params %s | grads %s | optimizer %s | activations ~%s | total ~%s\n",
               human_bytes(param_b).c_str(), human_bytes(grad_b).c_str(), human_bytes(optim_b).c_str(),
               human_bytes(act_b).c_str(), human_bytes(param_b + grad_b + optim_b + act_b).c_str());
+  if (p.tp > 1)
+    std::printf("activations:       ~%s without sequence parallel, ~%s with (tp %lld)\n",
+                human_bytes(activations(false)).c_str(), human_bytes(activations(true)).c_str(), (long long)p.tp);
   std::printf("%s", describe_mixture(cfg).c_str());
   return 0;
 }

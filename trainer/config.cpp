@@ -635,9 +635,16 @@ void validate_layout(const Config& cfg, int64_t world_size) {
   if (world_size % (p.tp * p.pp) != 0)
     user_error("parallel.tp (", p.tp, ") x parallel.pp (", p.pp, ") must divide the number of processes (",
                world_size, "); valid: tp*pp*dp == ", world_size);
-  if (m.num_heads % p.tp != 0 || m.kv_heads() % p.tp != 0)
-    user_error("parallel.tp (", p.tp, ") must divide model.num_heads (", m.num_heads,
-               ") and model.num_kv_heads (", m.kv_heads(), ")");
+  // Tensor parallel splits whole heads; key/value heads are split too (num_kv_heads % tp == 0)
+  // or each one shared by tp / num_kv_heads ranks (tp % num_kv_heads == 0).
+  const int64_t kv = m.kv_heads();
+  if (m.num_heads % p.tp != 0 || (kv % p.tp != 0 && p.tp % kv != 0)) {
+    std::string valid;
+    for (int64_t t = 1; t <= m.num_heads; ++t)
+      if (m.num_heads % t == 0 && (kv % t == 0 || t % kv == 0)) valid += str(valid.empty() ? "" : ", ", t);
+    user_error("parallel.tp (", p.tp, ") must divide model.num_heads (", m.num_heads, ") and either divide model.num_kv_heads (",
+               kv, ") or be a multiple of it; valid tp: ", valid);
+  }
   if (m.num_layers % (p.pp * p.virtual_stages) != 0)
     user_error("model.num_layers (", m.num_layers,
                ") must be divisible by parallel.pp x parallel.virtual_stages (", p.pp * p.virtual_stages,
@@ -649,12 +656,21 @@ void validate_layout(const Config& cfg, int64_t world_size) {
     user_error("train.global_batch_size (", global, ") must be a multiple of train.micro_batch_size (",
                cfg.train.micro_batch_size, ") x data-parallel size (", dp, ")");
   // What this build cannot run yet: refused here, so `kiln plan` and `kiln train` agree.
-  if (p.tp > 1 || p.pp > 1)
-    user_error(
-        "parallel.tp / parallel.pp > 1: tensor and pipeline parallelism are not in this build yet; "
-        "valid: tp: 1, pp: 1 (data parallel with parallel.zero 0-3)");
-  if (p.sequence_parallel)
-    user_error("parallel.sequence_parallel: needs tensor parallelism, not in this build yet; valid: false");
+  if (p.pp > 1)
+    user_error("parallel.pp > 1: pipeline parallelism is not in this build yet; valid: pp: 1 (tensor parallel "
+               "with parallel.tp, data parallel with parallel.zero 0-3)");
+  if (p.tp > 1 && (cfg.train.trainable != std::vector<std::string>{"*"} || cfg.train.trainable_new_rows_only))
+    user_error("train.trainable / train.trainable_new_rows_only: frozen tensors are not sharded over tensor "
+               "parallel yet; valid with parallel.tp > 1: every parameter trained (train.trainable: [\"*\"])");
+  if (p.tp > 1 && cfg.lora.rank > 0)
+    user_error("lora.rank: LoRA adapters are not split over tensor parallel yet; valid with parallel.tp > 1: ",
+               "lora.rank: 0, or LoRA with parallel.tp: 1 (data parallel with parallel.zero 0-3)");
+  if (p.sequence_parallel && p.tp == 1)
+    user_error("parallel.sequence_parallel: true needs tensor parallelism; valid: false, or parallel.tp > 1");
+  if (p.sequence_parallel && cfg.data.seq_len % p.tp != 0)
+    user_error("parallel.sequence_parallel: data.seq_len (", cfg.data.seq_len, ") must be a multiple of parallel.tp (",
+               p.tp, ") so each rank holds an equal slice of the sequence; valid seq_len: ",
+               (cfg.data.seq_len / p.tp + 1) * p.tp, " or false");
 }
 
 void validate_run(const Config& cfg, int64_t world_size) {

@@ -9,6 +9,7 @@
 #include "models/hf.h"
 #include "models/lora_projection.h"
 #include "models/weight_source.h"
+#include "parallel/tp_weights.h"
 #include "trainer/checkpoint.h"
 #include "trainer/lora_setup.h"
 #include "base/error.h"
@@ -41,7 +42,12 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const
   // The base model's tensors: LoRA adapters come from their own sources (trainer/lora_setup.h).
   for (const auto& item : model.named_parameters())
     if (!is_lora_parameter(item.key())) out.emplace_back(item.key(), item.value().sizes().vec());
-  return out;
+  return tp_global_shapes(out, model.tp_shards());  // tensor parallel: the global tensors' shapes
+}
+
+std::unique_ptr<WeightSource> rank_source(std::unique_ptr<WeightSource> global, const LlamaImpl& model) {
+  if (!model.tensor_parallel()) return global;
+  return std::make_unique<TpShardedSource>(std::move(global), model.tp_shards());
 }
 
 std::unique_ptr<WeightSource> initial_weights(const Config& cfg, const LlamaImpl& model) {

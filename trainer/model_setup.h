@@ -24,7 +24,10 @@ class WeightSource;
 // Where a new run's weights come from: model.init_from (hf:DIR, ckpt:DIR, verified) or the seeded
 // random init. `model` gives the names and shapes (it may hold placeholders).
 std::unique_ptr<WeightSource> initial_weights(const Config& cfg, const LlamaImpl& model);
+// Global names and shapes (tensor parallel: of the global tensors the rank holds slices of).
 std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const LlamaImpl& model);
+// Tensor parallel: `global` served as this rank's slices (parallel/tp_weights.h); else `global`.
+std::unique_ptr<WeightSource> rank_source(std::unique_ptr<WeightSource> global, const LlamaImpl& model);
 
 // A model with weights from, in order: the latest checkpoint under train.run_dir (when
 // prefer_run_dir), model.init_from (hf:DIR, ckpt:DIR), or a seeded random init. Returns the

@@ -32,6 +32,8 @@
 #include "parallel/communicator.h"
 #include "parallel/mesh.h"
 #include "models/weight_source.h"
+#include "parallel/tp_layers.h"
+#include "parallel/tp_weights.h"
 #include "parallel/zero.h"
 #include "trainer/checkpoint.h"
 #include "base/error.h"
@@ -159,6 +161,7 @@ class Trainer {
   std::string resume_dir_;
   RunDir run_dir_guard_;
   Llama model_{nullptr};
+  TpShardMap tp_shards_;  // tensor parallel: where this rank's parameters sit in the global tensors
   std::unique_ptr<ZeroOptimizer> optimizer_;
   std::unique_ptr<DataLoader> loader_;
   std::unique_ptr<StepRunner> runner_;
@@ -179,7 +182,14 @@ void Trainer::find_resume() {
 // The rank's model: built with placeholders, then only what the rank keeps is read from the
 // weight source (the checkpoint when resuming, else model.init_from or the seeded init).
 void Trainer::build() {
-  model_ = Llama(cfg_.model, LlamaBuild{StageSpec{}, run_projections(cfg_, clock_), /*meta=*/true});
+  LlamaBuild how{StageSpec{}, run_projections(cfg_, clock_), /*meta=*/true};
+  if (mesh_.tp_size() > 1) {  // tensor parallel: this rank's slices only (parallel/tp_layers.h)
+    // (LoRA under tp is refused by validate_run until the adapters split with the base.)
+    how.tp = std::make_shared<TensorParallel>(mesh_.tp(), cfg_.parallel.sequence_parallel);
+    how.projections = tensor_parallel_projections(how.tp);
+  }
+  model_ = Llama(cfg_.model, how);
+  tp_shards_ = model_->tp_shards();
   std::unique_ptr<WeightSource> source;
   TrainableSet trainable;
   if (lora_enabled(cfg_)) {
@@ -191,7 +201,8 @@ void Trainer::build() {
     source = std::move(lora.adapters);
     trainable = std::move(lora.trainable);
   } else {
-    source = resume_dir_.empty() ? initial_weights(cfg_, *model_) : checkpoint_weights_source(resume_dir_);
+    source = rank_source(
+        resume_dir_.empty() ? initial_weights(cfg_, *model_) : checkpoint_weights_source(resume_dir_), *model_);
     trainable = apply_trainable(*model_, cfg_);  // train.trainable (trainer/trainable.h)
   }
   AdamWOptions hyper{cfg_.train.weight_decay, cfg_.train.betas[0], cfg_.train.betas[1], cfg_.train.eps,
@@ -201,6 +212,11 @@ void Trainer::build() {
                                                cfg_.parallel.bucket_mb << 20, hyper,
                                                cfg_.parallel.zero3_keep_gathered, *source);
   shard_lora_base(*model_, cfg_, mesh_.dp());  // QLoRA under ZeRO-3: the NF4 base sharded over dp
+  if (mesh_.tp_size() > 1) {
+    std::vector<std::string> names;
+    for (const auto& [name, shape] : optimizer_->trained_shapes()) names.push_back(name);
+    optimizer_->set_grad_norm_group(&mesh_.tp(), tp_norm_weights(names, tp_shards_, mesh_.tp_size()));
+  }
   if (!trainable.frozen.empty() || !trainable.frozen_leading.empty())
     log0("trainable: ", trainable.trained_elements, " of ", trainable.total_elements, " parameters (",
          trainable.trained.size(), " tensors", trainable.frozen_leading.empty() ? "" : ", new vocabulary rows only",
@@ -222,7 +238,7 @@ void Trainer::restore() {
   if (resume_dir_.empty()) return;
   CheckpointState st = read_checkpoint_state(resume_dir_);
   // Parameters frozen when the checkpoint was written start from its weights (trainer/trainable.h).
-  optimizer_->load_state(*resume_state_source(resume_dir_), st.step);
+  optimizer_->load_state(*rank_source(resume_state_source(resume_dir_), *model_), st.step);
   // What this rank loaded must be finite (every rank checks its own share; all stop together).
   const std::vector<TensorSlice> loaded = optimizer_->state_slices();
   at::Tensor bad = at::full({1}, first_non_finite(loaded).empty() ? 0.0 : 1.0, at::kDouble);
@@ -321,12 +337,12 @@ void Trainer::save(int64_t step) {
   st.layout = {{"world", launch_.world_size}, {"tp", mesh_.tp_size()}, {"pp", mesh_.pp_size()},
                {"dp", dp_size_},              {"zero", cfg_.parallel.zero}};
   CheckpointShard shard;
-  shard.slices = optimizer_->state_slices();
+  shard.slices = tp_global_slices(optimizer_->state_slices(), tp_shards_, mesh_.coords().tp);
   require_finite_state(mesh_.world(), setup_.device, shard.slices, {}, str("not saving the checkpoint of step ", step));
   shard.dp_rank = mesh_.coords().dp;
   shard.dp_size = static_cast<int>(dp_size_);
   // Global shapes: under ZeRO-3 the model's own tensors are empty between uses.
-  shard.tensors = optimizer_->trained_shapes();
+  shard.tensors = tp_global_shapes(optimizer_->trained_shapes(), tp_shards_);
   for (const auto& [name, shape] : shard.tensors) shard.trained.push_back(name);
   // A LoRA run stores no frozen tensor: its base is model.init_from's (trainer/lora_setup.h).
   for (const auto& item : model_->named_parameters())

@@ -8,11 +8,15 @@ source "$(dirname "$0")/lib.sh"
 make_tiny
 cat >"$WORK/refusals.txt" <<'ROWS'
 1|parallel.tp=2|parallel.tp (2) x parallel.pp (1) must divide the number of processes (1)
-4|parallel.tp=4|parallel.tp (4) must divide model.num_heads (4) and model.num_kv_heads (2)
+3|parallel.tp=3|parallel.tp (3) must divide model.num_heads (4) and either divide model.num_kv_heads (2) or be a multiple of it; valid tp: 1, 2, 4
+2|parallel.tp=2;model.num_heads=6;model.num_kv_heads=3;model.hidden_size=48|parallel.tp (2) must divide model.num_heads (6) and either divide model.num_kv_heads (3) or be a multiple of it; valid tp: 1, 3, 6
 2|parallel.pp=2;model.num_layers=3|model.num_layers (3) must be divisible by parallel.pp x parallel.virtual_stages (2)
 2|train.global_batch_size=6|train.global_batch_size (6) must be a multiple of train.micro_batch_size (2) x data-parallel size (2)
-2|parallel.tp=2|parallel.tp / parallel.pp > 1: tensor and pipeline parallelism are not in this build yet
-1|parallel.sequence_parallel=true|parallel.sequence_parallel: needs tensor parallelism
+2|parallel.pp=2|parallel.pp > 1: pipeline parallelism is not in this build yet; valid: pp: 1
+1|parallel.sequence_parallel=true|parallel.sequence_parallel: true needs tensor parallelism; valid: false, or parallel.tp > 1
+2|parallel.tp=2;parallel.sequence_parallel=true;data.seq_len=33|parallel.sequence_parallel: data.seq_len (33) must be a multiple of parallel.tp (2)
+2|parallel.tp=2;train.trainable=[model.norm.weight]|train.trainable / train.trainable_new_rows_only: frozen tensors are not sharded over tensor parallel yet
+2|parallel.tp=2;lora.rank=4|lora.rank: LoRA adapters are not split over tensor parallel yet; valid with parallel.tp > 1: lora.rank: 0
 1|lora.rank=4;lora.targets=[lm_head]|lora.targets: 'lm_head' is not a projection kiln adapts
 1|lora.quantize_base=nf4|lora.quantize_base / lora.init_from need adapters: set lora.rank > 0
 1|lora.rank=4;train.trainable=[lm_head]|train.trainable: a LoRA run (lora.rank > 0) trains its adapters only
@@ -70,4 +74,10 @@ done <"$WORK/refusals.txt"
 "$KILN" plan "$WORK/tiny.yaml" --world 2 --set parallel.zero=3 >/dev/null || die "plan refused dp 2 ZeRO-3"
 timeout 300 mpirun --oversubscribe -np 2 "$KILN" train "$WORK/tiny.yaml" --set parallel.zero=3 --set train.steps=1 \
   --set train.run_dir="$WORK/run-ok" >"$WORK/ok.log" 2>&1 || { tail -5 "$WORK/ok.log"; die "train refused what plan accepted"; }
+# Tensor parallel (with sequence parallel) is accepted by both too.
+"$KILN" plan "$WORK/tiny.yaml" --world 2 --set parallel.tp=2 --set parallel.sequence_parallel=true >/dev/null ||
+  die "plan refused tp 2 with sequence parallel"
+timeout 300 mpirun --oversubscribe -np 2 "$KILN" train "$WORK/tiny.yaml" --set parallel.tp=2 --set train.steps=1 \
+  --set parallel.sequence_parallel=true --set train.run_dir="$WORK/run-tp" >"$WORK/tp.log" 2>&1 ||
+  { tail -5 "$WORK/tp.log"; die "train refused tp 2 that plan accepted"; }
 echo "plan refusals: $n rows agree with train"
