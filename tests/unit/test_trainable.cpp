@@ -187,7 +187,7 @@ std::vector<double> one_go(const Config& stage1, const Config& stage2, int64_t s
     }
     double loss = 0;
     for (Batch& b : batches) {
-      at::Tensor l = lm_loss_sum(model->forward(b), b.labels) / std::max(1.0, tokens);
+      at::Tensor l = model->forward_loss(b) / std::max(1.0, tokens);  // the loss as the trainer computes it
       l.backward();
       loss += l.item<double>();
     }
