@@ -13,9 +13,9 @@
 #include "models/ops/varlen_attention.h"
 #include "models/recompute.h"
 #include "models/weight_source.h"
-#include "parallel/tp_layers.h"
+#include "models/tp_layers.h"
 #include "parallel/tp_mappings.h"
-#include "parallel/tp_weights.h"
+#include "models/tp_weights.h"
 #include "parallel/vocab_parallel_loss.h"
 #include "base/error.h"
 

@@ -24,11 +24,11 @@
 #include "base/model_config.h"
 #include "models/projection.h"
 #include "models/unit_chain.h"
-#include "parallel/tp_layers.h"
+#include "models/tp_layers.h"
 
 namespace kiln {
 
-class TensorParallel;  // parallel/tp_layers.h
+class TensorParallel;  // models/tp_layers.h
 
 struct StageSpec {
   int64_t layer_begin = 0;
@@ -43,7 +43,7 @@ struct LlamaBuild {
   StageSpec stage;
   ProjectionFactory projections;  // empty = dense
   bool meta = false;              // false: random init at once from the torch seed (tests, tools)
-  // Tensor parallel (parallel/tp_layers.h): the vocab-parallel embedding, head and loss, and the
+  // Tensor parallel (models/tp_layers.h): the vocab-parallel embedding, head and loss, and the
   // sequence-parallel norms; `projections` should then be tensor_parallel_projections(tp).
   std::shared_ptr<TensorParallel> tp;
 };
@@ -114,7 +114,7 @@ class DecoderLayerImpl : public torch::nn::Module {
 TORCH_MODULE(DecoderLayer);
 
 // The token embedding: weight (V, h), rows looked up by id. Tensor parallel: rows
-// [offset, offset + S) of the vocabulary (parallel/tp_layers.h).
+// [offset, offset + S) of the vocabulary (models/tp_layers.h).
 class EmbeddingImpl : public torch::nn::Module {
  public:
   EmbeddingImpl(int64_t vocab, int64_t dim, std::shared_ptr<TensorParallel> tp = nullptr);

@@ -21,7 +21,7 @@ struct ProjectionSpec {
   int64_t in = 0, out = 0;
   ShardDim shard = ShardDim::None;
   int64_t shard_unit = 1;  // the sharded dimension splits in whole units (head_dim for attention)
-  // Filled by a tensor-parallel factory (parallel/tp_layers.h): this rank holds elements
+  // Filled by a tensor-parallel factory (models/tp_layers.h): this rank holds elements
   // [shard_offset, shard_offset + shard_len) of the sharded dimension (shard_len 0: all of it;
   // the slice may run past the end of the dimension, for vocabulary padding), and `replicas` ranks
   // of the tp group hold the same slice (replicated key/value heads).

@@ -10,7 +10,7 @@
 //   gather_seq          forward all-gather (dim 1)           backward reduce-scatter (dim 1)
 //   reduce_scatter_seq  forward reduce-scatter (dim 1)       backward all-gather (dim 1)
 //
-// The parallel layers (parallel/tp_layers.h) only compose these. With a group of size 1 each is
+// The parallel layers (models/tp_layers.h) only compose these. With a group of size 1 each is
 // the identity. Slices are equal: the split dimension must be divisible by the group size.
 #pragma once
 #include <ATen/core/Tensor.h>

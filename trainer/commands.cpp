@@ -13,7 +13,7 @@
 #include "models/hf.h"
 #include "models/weight_source.h"
 #include "parallel/communicator.h"
-#include "parallel/tp_layers.h"
+#include "models/tp_layers.h"
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
@@ -107,7 +107,7 @@ int cmd_plan(int argc, char** argv) {
   const double n = static_cast<double>(m.num_parameters());
   const bool gpu = cfg.train.device == DeviceChoice::cuda;
   const double bytes = cfg.train.precision == Precision::fp32 || (cfg.train.precision == Precision::automatic && !gpu) ? 4 : 2;
-  // Tensor parallel: the rank's slices exactly (parallel/tp_layers.h: replicated norms and kv heads
+  // Tensor parallel: the rank's slices exactly (models/tp_layers.h: replicated norms and kv heads
   // counted whole, the vocabulary padded to a multiple of tp).
   const double per_rank_params = static_cast<double>(tp_rank_parameters(m, static_cast<int>(p.tp))) / p.pp;
   double param_b = per_rank_params * bytes / (p.zero >= 3 ? dp : 1);

@@ -9,7 +9,7 @@
 #include "models/hf.h"
 #include "models/lora_projection.h"
 #include "models/weight_source.h"
-#include "parallel/tp_weights.h"
+#include "models/tp_weights.h"
 #include "trainer/checkpoint.h"
 #include "trainer/lora_setup.h"
 #include "base/error.h"

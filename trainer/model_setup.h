@@ -26,7 +26,7 @@ class WeightSource;
 std::unique_ptr<WeightSource> initial_weights(const Config& cfg, const LlamaImpl& model);
 // Global names and shapes (tensor parallel: of the global tensors the rank holds slices of).
 std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const LlamaImpl& model);
-// Tensor parallel: `global` served as this rank's slices (parallel/tp_weights.h); else `global`.
+// Tensor parallel: `global` served as this rank's slices (models/tp_weights.h); else `global`.
 std::unique_ptr<WeightSource> rank_source(std::unique_ptr<WeightSource> global, const LlamaImpl& model);
 
 // A model with weights from, in order: the latest checkpoint under train.run_dir (when

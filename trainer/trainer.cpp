@@ -32,8 +32,8 @@
 #include "parallel/communicator.h"
 #include "parallel/mesh.h"
 #include "models/weight_source.h"
-#include "parallel/tp_layers.h"
-#include "parallel/tp_weights.h"
+#include "models/tp_layers.h"
+#include "models/tp_weights.h"
 #include "parallel/zero.h"
 #include "trainer/checkpoint.h"
 #include "base/error.h"
@@ -183,7 +183,7 @@ void Trainer::find_resume() {
 // weight source (the checkpoint when resuming, else model.init_from or the seeded init).
 void Trainer::build() {
   LlamaBuild how{StageSpec{}, run_projections(cfg_, clock_), /*meta=*/true};
-  if (mesh_.tp_size() > 1) {  // tensor parallel: this rank's slices only (parallel/tp_layers.h)
+  if (mesh_.tp_size() > 1) {  // tensor parallel: this rank's slices only (models/tp_layers.h)
     // (LoRA under tp is refused by validate_run until the adapters split with the base.)
     how.tp = std::make_shared<TensorParallel>(mesh_.tp(), cfg_.parallel.sequence_parallel);
     how.projections = tensor_parallel_projections(how.tp);

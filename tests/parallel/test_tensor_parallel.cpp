@@ -1,4 +1,4 @@
-// The tensor-parallel model (parallel/tp_layers.h, the vocab-parallel loss) against the one-rank
+// The tensor-parallel model (models/tp_layers.h, the vocab-parallel loss) against the one-rank
 // model with the same global weights, with the world as the tp group (np 2 and 4): the loss, the
 // gathered logits and every parameter's gradient (each rank's slice of the reference gradient)
 // agree, for split and replicated key/value heads, a vocabulary not divisible by tp, tied
@@ -20,8 +20,8 @@
 #include "models/llama.h"
 #include "models/safetensors.h"
 #include "models/weight_source.h"
-#include "parallel/tp_layers.h"
-#include "parallel/tp_weights.h"
+#include "models/tp_layers.h"
+#include "models/tp_weights.h"
 #include "tests/parallel/harness.h"
 
 namespace kiln::test {

@@ -1,5 +1,5 @@
 // A tensor-parallel rank's view of global tensors: its parameters are slices (TpShardMap,
-// parallel/tp_layers.h) of tensors that weight sources and checkpoints know by global name and
+// models/tp_layers.h) of tensors that weight sources and checkpoints know by global name and
 // global shape. TpShardedSource serves the rank's slice of each (reading only those elements:
 // row ranges of a memory-mapped file, the boxes of a checkpoint that overlap); tp_global_slices()
 // turns the rank's optimizer-state slices into boxes of the global tensors for a checkpoint, each
@@ -15,7 +15,7 @@
 
 #include "models/weight_source.h"
 #include "parallel/tensor_slice.h"
-#include "parallel/tp_layers.h"
+#include "models/tp_layers.h"
 
 namespace kiln {
 

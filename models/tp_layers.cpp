@@ -1,6 +1,6 @@
 // Column/row-parallel projections, replicated kv heads and the vocab-parallel embedding (see
 // tp_layers.h).
-#include "parallel/tp_layers.h"
+#include "models/tp_layers.h"
 
 #include <ATen/ATen.h>
 

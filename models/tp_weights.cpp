@@ -1,5 +1,5 @@
 // Tensor-parallel slices of global tensors (see tp_weights.h).
-#include "parallel/tp_weights.h"
+#include "models/tp_weights.h"
 
 #include <ATen/ATen.h>
 
