@@ -40,3 +40,23 @@ for i, (x, y) in enumerate(zip(a, b)):
 print(f"{len(a)} losses agree within {tol}")
 PY
 }
+
+# The README's worked example in $WORK: its config files (tiny-pretrain.yaml and tiny-$1.yaml)
+# with their own relative paths, a 120-line slice of each example corpus file, and a 2-step
+# tiny-pretrain run (runs/tiny-pretrain) to start from; `short` holds the settings that keep the
+# runs small. Exits 77 without the example corpus. Leaves the shell in $WORK.
+example_workspace() {
+  local corpus=$ROOT/configs/examples/corpus
+  if [ ! -f "$corpus/tokenizer.model" ]; then
+    echo "no example corpus ($corpus/tokenizer.model; scripts/setup.sh makes it)"
+    exit 77
+  fi
+  mkdir -p "$WORK/configs/examples/corpus"
+  cp "$ROOT"/configs/examples/tiny-{pretrain,$1}.yaml "$WORK/configs/examples/"
+  cp "$corpus"/{tokenizer.model,data.json} "$WORK/configs/examples/corpus/"
+  for f in en zh sft eval; do head -n 120 "$corpus/$f.jsonl" >"$WORK/configs/examples/corpus/$f.jsonl"; done
+  cd "$WORK"
+  short=(--set train.warmup_steps=1 --set data.seq_len=64 --set train.micro_batch_size=2 --set train.global_batch_size=4)
+  "$KILN" train configs/examples/tiny-pretrain.yaml --set train.steps=2 "${short[@]}" >pre.log 2>&1 \
+    || { cat pre.log; die "pretrain"; }
+}

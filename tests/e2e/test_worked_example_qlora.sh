@@ -4,19 +4,7 @@
 # the adapters), and QLoRA SFT from the tiny pretrained checkpoint lowers the loss; its adapter
 # exports in PEFT's format.
 source "$(dirname "$0")/lib.sh"
-corpus=$ROOT/configs/examples/corpus
-if [ ! -f "$corpus/tokenizer.model" ]; then
-  echo "no example corpus ($corpus/tokenizer.model; scripts/setup.sh makes it)"
-  exit 77
-fi
-mkdir -p "$WORK/configs/examples/corpus"
-cp "$ROOT"/configs/examples/tiny-{pretrain,qlora}.yaml "$WORK/configs/examples/"
-cp "$corpus"/{tokenizer.model,data.json} "$WORK/configs/examples/corpus/"
-for f in en zh sft eval; do head -n 120 "$corpus/$f.jsonl" >"$WORK/configs/examples/corpus/$f.jsonl"; done
-cd "$WORK"
-short=(--set train.warmup_steps=1 --set data.seq_len=64 --set train.micro_batch_size=2 --set train.global_batch_size=4)
-"$KILN" train configs/examples/tiny-pretrain.yaml --set train.steps=2 "${short[@]}" >pre.log 2>&1 \
-  || { cat pre.log; die "pretrain"; }
+example_workspace qlora
 "$KILN" plan configs/examples/tiny-qlora.yaml >plan.log 2>&1 || { cat plan.log; die "plan"; }
 grep -qE '^lora: +rank 8, .* adapter parameters .*QLoRA' plan.log || { cat plan.log; die "plan shows no adapters"; }
 grep -qE '^base: +[0-9.]+ KiB packed NF4 \(786.43 K parameters\) \| scales [0-9.]+ KiB \|' plan.log \

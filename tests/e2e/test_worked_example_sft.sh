@@ -5,19 +5,7 @@
 # step-0 weights are exactly the pretraining checkpoint's (both exported, byte for byte), and
 # it trains on from there.
 source "$(dirname "$0")/lib.sh"
-corpus=$ROOT/configs/examples/corpus
-if [ ! -f "$corpus/tokenizer.model" ]; then
-  echo "no example corpus ($corpus/tokenizer.model; scripts/setup.sh makes it)"
-  exit 77
-fi
-mkdir -p "$WORK/configs/examples/corpus"
-cp "$ROOT"/configs/examples/tiny-{pretrain,sft}.yaml "$WORK/configs/examples/"
-cp "$corpus"/{tokenizer.model,data.json} "$WORK/configs/examples/corpus/"
-for f in en zh sft eval; do head -n 120 "$corpus/$f.jsonl" >"$WORK/configs/examples/corpus/$f.jsonl"; done
-cd "$WORK"
-short=(--set train.warmup_steps=1 --set data.seq_len=64 --set train.micro_batch_size=2 --set train.global_batch_size=4)
-"$KILN" train configs/examples/tiny-pretrain.yaml --set train.steps=2 "${short[@]}" >pre.log 2>&1 \
-  || { cat pre.log; die "pretrain"; }
+example_workspace sft
 [ "$(cat runs/tiny-pretrain/checkpoints/latest)" = step-00000002 ] || die "pretrain did not save step 2"
 "$KILN" train configs/examples/tiny-sft.yaml --set train.steps=0 "${short[@]}" >sft0.log 2>&1 \
   || { cat sft0.log; die "sft (steps 0)"; }
