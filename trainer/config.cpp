@@ -15,10 +15,10 @@
 #include <limits>
 #include <sstream>
 
+#include "base/error.h"
 #include "data/chat_template.h"
 #include "data/vocab_check.h"
 #include "models/hf.h"
-#include "base/error.h"
 
 namespace fs = std::filesystem;
 
@@ -188,7 +188,8 @@ Key enum_key(std::string path, E* v, std::string meaning) {
   return {path, meaning + " (" + join(choices, " | ") + ")",
           [=](const YAML::Node& n, const Ctx& c) {
             std::string x = as_string(n, c, path);
-            if (!parse_choice(x, v)) user_error(where(c, n, path), ": '", x, "' is not one of ", join(choices, " | "));
+            if (!parse_choice(x, v))
+              user_error(where(c, n, path), ": '", x, "' is not one of ", join(choices, " | "));
           },
           [=] { return show_value(std::string(name_of(*v))); }};
 }
@@ -246,7 +247,8 @@ std::vector<Key> schema(Config& cfg) {
   GenerateConfig& g = cfg.generate;
   std::vector<Key> keys = {
       enum_key("model.arch", &m.arch, "architecture"),
-      int_key("model.vocab_size", &m.vocab_size, 1, kMax, "vocabulary size (at least the tokenizer's; larger than init_from's grows it)"),
+      int_key("model.vocab_size", &m.vocab_size, 1, kMax,
+              "vocabulary size (at least the tokenizer's; larger than init_from's grows it)"),
       int_key("model.hidden_size", &m.hidden_size, 1, kMax, "model width"),
       int_key("model.num_layers", &m.num_layers, 1, kMax, "decoder layers"),
       int_key("model.num_heads", &m.num_heads, 1, kMax, "attention heads"),
@@ -270,8 +272,9 @@ std::vector<Key> schema(Config& cfg) {
                "Baichuan2 NormHead: logits from the head's L2-normalised rows, every forward"),
       int_key("model.vocab_pad_to", &m.vocab_pad_to, 1, 1 << 20,
               "embedding/head rows padded to a multiple of this; padding is never predicted"),
-      choice_key("model.vocab_init", &m.vocab_init, {"mean", "mean_cov", "zeros"},
-                 "rows added when model.vocab_size exceeds init_from's: mean of old rows, + covariance noise"),
+      choice_key(
+          "model.vocab_init", &m.vocab_init, {"mean", "mean_cov", "zeros"},
+          "rows added when model.vocab_size exceeds init_from's: mean of old rows, + covariance noise"),
       bool_key("model.tie_embeddings", &m.tie_embeddings, "share input embedding and LM head"),
       num_key("model.norm_eps", &m.norm_eps, 0, 1, "RMSNorm epsilon", true),
       num_key("model.init_std", &m.init_std, 0, 10, "std of the random init", true),
@@ -337,7 +340,8 @@ std::vector<Key> schema(Config& cfg) {
        }},
       choice_key("data.loss", &d.loss, {"all_tokens", "all_turns", "last_turn"},
                  "which tokens carry loss in SFT"),
-      enum_key("data.loss_average", &d.loss_average, "mean over trained tokens of the global batch, or per sample"),
+      enum_key("data.loss_average", &d.loss_average,
+               "mean over trained tokens of the global batch, or per sample"),
       int_key("data.seq_len", &d.seq_len, 2, kMax, "tokens per training sequence"),
       bool_key("data.packing", &d.packing, "pack whole samples into sequences (no cross-attention)"),
       choice_key("data.overlong", &d.overlong, {"auto", "split", "truncate", "drop"},
@@ -375,7 +379,8 @@ std::vector<Key> schema(Config& cfg) {
       num_key("train.eps", &t.eps, 0, 1, "AdamW epsilon", true),
       num_key("train.grad_clip", &t.grad_clip, 0, 1e30, "global gradient-norm clip, 0 = off"),
       enum_key("train.precision", &t.precision, "compute precision (master weights are fp32)"),
-      enum_key("train.activation_checkpointing", &t.activation_checkpointing, "recompute activations in backward"),
+      enum_key("train.activation_checkpointing", &t.activation_checkpointing,
+               "recompute activations in backward"),
       string_key("train.resume", &t.resume, "auto (latest checkpoint in run_dir) | never | DIR"),
       int_key("train.log_every", &t.log_every, 1, kMax, "steps between log lines"),
       int_key("train.eval_every", &t.eval_every, 0, kMax, "steps between evals on data.eval, 0 = never"),
@@ -616,94 +621,6 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     // parse_config reports it with its line
   }
   return parse_config(ss.str(), path, overrides);
-}
-
-int64_t data_parallel_size(const Config& cfg, int64_t world_size) {
-  return world_size / (cfg.parallel.tp * cfg.parallel.pp);
-}
-
-int64_t accumulation_steps(const Config& cfg, int64_t world_size) {
-  int64_t dp = data_parallel_size(cfg, world_size);
-  int64_t global =
-      cfg.train.global_batch_size > 0 ? cfg.train.global_batch_size : cfg.train.micro_batch_size * dp;
-  return global / (cfg.train.micro_batch_size * dp);
-}
-
-void validate_layout(const Config& cfg, int64_t world_size) {
-  const auto& p = cfg.parallel;
-  const auto& m = cfg.model;
-  if (world_size % (p.tp * p.pp) != 0)
-    user_error("parallel.tp (", p.tp, ") x parallel.pp (", p.pp, ") must divide the number of processes (",
-               world_size, "); valid: tp*pp*dp == ", world_size);
-  // Tensor parallel splits whole heads; key/value heads are split too (num_kv_heads % tp == 0)
-  // or each one shared by tp / num_kv_heads ranks (tp % num_kv_heads == 0).
-  const int64_t kv = m.kv_heads();
-  if (m.num_heads % p.tp != 0 || (kv % p.tp != 0 && p.tp % kv != 0)) {
-    std::string valid;
-    for (int64_t t = 1; t <= m.num_heads; ++t)
-      if (m.num_heads % t == 0 && (kv % t == 0 || t % kv == 0)) valid += str(valid.empty() ? "" : ", ", t);
-    user_error("parallel.tp (", p.tp, ") must divide model.num_heads (", m.num_heads, ") and either divide model.num_kv_heads (",
-               kv, ") or be a multiple of it; valid tp: ", valid);
-  }
-  if (m.num_layers % (p.pp * p.virtual_stages) != 0)
-    user_error("model.num_layers (", m.num_layers,
-               ") must be divisible by parallel.pp x parallel.virtual_stages (", p.pp * p.virtual_stages,
-               ")");
-  int64_t dp = data_parallel_size(cfg, world_size);
-  int64_t global =
-      cfg.train.global_batch_size > 0 ? cfg.train.global_batch_size : cfg.train.micro_batch_size * dp;
-  if (global % (cfg.train.micro_batch_size * dp) != 0)
-    user_error("train.global_batch_size (", global, ") must be a multiple of train.micro_batch_size (",
-               cfg.train.micro_batch_size, ") x data-parallel size (", dp, ")");
-  // What this build cannot run yet: refused here, so `kiln plan` and `kiln train` agree.
-  if (p.pp > 1)
-    user_error("parallel.pp > 1: pipeline parallelism is not in this build yet; valid: pp: 1 (tensor parallel "
-               "with parallel.tp, data parallel with parallel.zero 0-3)");
-  if (p.tp > 1 && (cfg.train.trainable != std::vector<std::string>{"*"} || cfg.train.trainable_new_rows_only))
-    user_error("train.trainable / train.trainable_new_rows_only: frozen tensors are not sharded over tensor "
-               "parallel yet; valid with parallel.tp > 1: every parameter trained (train.trainable: [\"*\"])");
-  if (p.tp > 1 && cfg.lora.rank > 0)
-    user_error("lora.rank: LoRA adapters are not split over tensor parallel yet; valid with parallel.tp > 1: ",
-               "lora.rank: 0, or LoRA with parallel.tp: 1 (data parallel with parallel.zero 0-3)");
-  if (p.sequence_parallel && p.tp == 1)
-    user_error("parallel.sequence_parallel: true needs tensor parallelism; valid: false, or parallel.tp > 1");
-  if (p.sequence_parallel && cfg.data.seq_len % p.tp != 0)
-    user_error("parallel.sequence_parallel: data.seq_len (", cfg.data.seq_len, ") must be a multiple of parallel.tp (",
-               p.tp, ") so each rank holds an equal slice of the sequence; valid seq_len: ",
-               (cfg.data.seq_len / p.tp + 1) * p.tp, " or false");
-}
-
-void validate_run(const Config& cfg, int64_t world_size) {
-  validate_layout(cfg, world_size);
-  const auto& p = cfg.parallel;
-  if (cfg.train.eval_every > 0 && cfg.data.eval.empty())
-    user_error("train.eval_every: ", cfg.train.eval_every, " needs data.eval");
-#ifndef KILN_WITH_NCCL
-  if (p.backend == Backend::nccl)
-    user_error("parallel.backend: nccl, but this kiln was built without NCCL; use auto or mpi");
-#endif
-  if (p.backend == Backend::nccl && cfg.train.device == DeviceChoice::cpu)
-    user_error("parallel.backend: nccl needs CUDA tensors (a GPU run); use auto or mpi on the CPU");
-  // Data options that no data can make right.
-  if (cfg.data.mixture.empty()) user_error("data.mixture: required (a data.json, a .jsonl or a `kiln prep` dir)");
-  if (cfg.data.mix == MixMode::telechat && !cfg.data.schedule.empty() && !cfg.data.redraw_each_epoch)
-    user_error(
-        "data.schedule: with data.mix: telechat the pool is drawn once, so a schedule would never "
-        "apply; set data.redraw_each_epoch: true (a new pool, with the weights then in force, "
-        "every epoch) or drop the schedule");
-  // LoRA / QLoRA (trainer/lora_setup.h).
-  const LoraConfig& l = cfg.lora;
-  for (const std::string& t : l.targets)
-    if (t != "all_linear" && t != "q_proj" && t != "k_proj" && t != "v_proj" && t != "o_proj" &&
-        t != "gate_proj" && t != "up_proj" && t != "down_proj")
-      user_error("lora.targets: '", t, "' is not a projection kiln adapts; valid: q_proj, k_proj, v_proj, o_proj, "
-                 "gate_proj, up_proj, down_proj or all_linear (lm_head never)");
-  if (l.rank == 0 && (l.quantize_base != BaseQuant::none || (!l.init_from.empty() && l.init_from != "none")))
-    user_error("lora.quantize_base / lora.init_from need adapters: set lora.rank > 0");
-  if (l.rank > 0 && (cfg.train.trainable != std::vector<std::string>{"*"} || cfg.train.trainable_new_rows_only))
-    user_error("train.trainable: a LoRA run (lora.rank > 0) trains its adapters only; valid: '*' (the default)");
-  chat_template(cfg.data.chat_template, cfg.data.custom_template);  // unknown name, custom without {content}
-  check_tokenizer_fits(cfg);  // a tokenizer larger than the model: one line, before any weights
 }
 
 std::string to_yaml(const Config& cfg) {

@@ -2,7 +2,7 @@
 # `kiln plan CONFIG --world N` refuses exactly what `kiln train` refuses at N processes, with the
 # same message (issue 7, "one validator"): a table of refusals, each run through both verbs (train
 # under mpirun -np N when N > 1), plus one layout both accept. Every refusal site of the shared
-# validator (validate_layout and validate_run in trainer/config.cpp) must have a row here, so a new
+# validator (validate_layout and validate_run in trainer/validate.cpp) must have a row here, so a new
 # refusal without a row fails this test.
 source "$(dirname "$0")/lib.sh"
 make_tiny
@@ -33,7 +33,7 @@ ROWS
 
 # The validator's refusal sites: user_error calls in validate_layout and validate_run (the
 # chat_template() call counts as one: its unknown-name refusal has a row).
-sites=$(awk '/^void validate_layout\(/,/^}/ {print} /^void validate_run\(/,/^}/ {print}' "$ROOT/trainer/config.cpp" |
+sites=$(awk '/^void validate_layout\(/,/^}/ {print} /^void validate_run\(/,/^}/ {print}' "$ROOT/trainer/validate.cpp" |
   grep -cE 'user_error\(|chat_template\(|check_tokenizer_fits\(')
 # The NCCL refusal is two sites (built with or without NCCL) behind one row.
 rows=$(($(wc -l <"$WORK/refusals.txt") - 2))  # the two parse-error rows are not validator sites
