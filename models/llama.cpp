@@ -245,16 +245,15 @@ TpShardMap LlamaImpl::tp_shards() const {
   for (const auto& item : named_modules()) {
     const std::string& name = item.key();
     if (auto* p = dynamic_cast<const ProjectionImpl*>(item.value().get())) {
+      // The weight, and an adapter's tensors beside it (models/lora_projection.h), each split
+      // along the dimension the projection says, or whole.
       const ProjectionSpec& s = p->spec();
-      if (s.shard == ShardDim::None || s.shard_len == 0) continue;
-      TpShard t;
-      t.global_shape = {s.out, s.in};
-      t.dim = s.shard == ShardDim::Out ? 0 : 1;
-      t.offset = s.shard_offset;
-      t.len = s.shard_len;
-      t.replicas = s.replicas;
-      t.replica_index = tp_->rank() % s.replicas;
-      out[name + ".weight"] = t;
+      for (const auto& param : p->named_parameters(/*recurse=*/false)) {
+        ProjectionImpl::GlobalShape g = p->global_shape(param.key());
+        if (g.dim < 0) continue;
+        out[name + "." + param.key()] =
+            TpShard{std::move(g.shape), g.dim, s.shard_offset, s.shard_len, s.replicas, tp_->rank() % s.replicas};
+      }
     } else if (auto* e = dynamic_cast<const EmbeddingImpl*>(item.value().get())) {
       out[name + ".weight"] = TpShard{{cfg_.padded_vocab(), cfg_.hidden_size}, 0, e->vocab_offset, e->weight.size(0), 1, 0};
     }

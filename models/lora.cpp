@@ -99,40 +99,94 @@ void LoraAdapterImpl::reset_parameters(at::Generator gen) {
 void LoraAdapterImpl::init_magnitude(const LoraBase& base) {
   KILN_CHECK(options_.dora(), "init_magnitude on an adapter without DoRA");
   torch::NoGradGuard no_grad;
-  at::Tensor w = base.weight(lora_A.scalar_type());
-  at::Tensor delta = lora_B.matmul(lora_A);  // (out, in)
-  lora_magnitude_vector.copy_(at::linalg_vector_norm(w + scaling() * delta, 2, {1}));
+  lora_magnitude_vector.copy_(row_norms(base.weight(lora_A.scalar_type())));
+}
+
+at::Tensor LoraAdapterImpl::row_norms(const at::Tensor& w) const {
+  torch::NoGradGuard no_grad;
+  const at::ScalarType dt = w.scalar_type();
+  at::Tensor merged = w + scaling() * lora_B.to(dt).matmul(lora_A.to(dt));  // (out, in), this rank's
+  if (!tp_ || !tp_->row) return at::linalg_vector_norm(merged, 2, {1});
+  return tp_->sum(merged.square().sum(1)).sqrt();  // a row-parallel base: the input is split
+}
+
+void LoraAdapterImpl::shard(LoraTensorParallel tp) {
+  KILN_CHECK(!tp_, "LoRA ", options_.name(), ": already sharded");
+  KILN_CHECK(tp.sum_grad && tp.sum, "LoRA ", options_.name(), ": tensor-parallel maps missing");
+  torch::NoGradGuard no_grad;
+  const int64_t total = tp.row ? options_.in_features() : options_.out_features();
+  KILN_CHECK(tp.offset >= 0 && tp.len > 0 && tp.offset + tp.len <= total, "LoRA ", options_.name(),
+             ": slice [", tp.offset, ", ", tp.offset + tp.len, ") of ", total);
+  if (tp.row) {
+    lora_A.set_data(lora_A.narrow(1, tp.offset, tp.len).clone());
+  } else {
+    lora_B.set_data(lora_B.narrow(0, tp.offset, tp.len).clone());
+    if (options_.dora())
+      lora_magnitude_vector.set_data(lora_magnitude_vector.narrow(0, tp.offset, tp.len).clone());
+  }
+  tp_ = std::move(tp);
+}
+
+std::vector<int64_t> LoraAdapterImpl::global_shape(LoraRole role) const {
+  switch (role) {
+    case LoraRole::A:
+      return {options_.rank(), options_.in_features()};
+    case LoraRole::B:
+      return {options_.out_features(), options_.rank()};
+    case LoraRole::Magnitude:
+      return {options_.out_features()};
+  }
+  return {};
+}
+
+at::Tensor LoraAdapterImpl::local_slice(LoraRole role, const at::Tensor& global) const {
+  KILN_CHECK(global.sizes() == at::IntArrayRef(global_shape(role)), "LoRA ", options_.name(), ": shape ",
+             global.sizes(), " is not the adapter's ", at::IntArrayRef(global_shape(role)));
+  if (!tp_) return global;
+  if (tp_->row) return role == LoraRole::A ? global.narrow(1, tp_->offset, tp_->len) : global;
+  return role == LoraRole::A ? global : global.narrow(0, tp_->offset, tp_->len);
 }
 
 at::Tensor LoraAdapterImpl::dropout_mask(const at::Tensor& x) const {
   KILN_CHECK(clock_, "LoRA dropout needs a LoraDropoutClock (set_dropout_clock)");
   const double p = options_.dropout();
   // torch.nn.Dropout's draw: bernoulli(1 - p) into a tensor like x, divided by 1 - p.
-  at::Tensor noise = at::empty_like(x);
+  // A row-parallel slice: the whole input's mask, of which this rank keeps its features.
+  const bool slice = tp_ && tp_->row;
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = options_.in_features();
+  at::Tensor noise = slice ? at::empty(shape, x.options()) : at::empty_like(x);
   noise.bernoulli_(1 - p, seeded_generator(x.device(), lora_dropout_seed(*clock_, options_.name())));
   noise.div_(1 - p);
-  return noise;
+  return slice ? noise.narrow(-1, tp_->offset, tp_->len) : noise;
 }
 
 at::Tensor LoraAdapterImpl::forward(const at::Tensor& x, const at::Tensor& base_out, const LoraBase& base) {
-  KILN_CHECK(x.size(-1) == options_.in_features() && base_out.size(-1) == options_.out_features(), "LoRA ",
-             options_.name(), ": x (..., ", x.size(-1), "), base_out (..., ", base_out.size(-1), ") for in ",
-             options_.in_features(), ", out ", options_.out_features());
+  KILN_CHECK(x.size(-1) == lora_A.size(1) && base_out.size(-1) == lora_B.size(0), "LoRA ", options_.name(),
+             ": x (..., ", x.size(-1), "), base_out (..., ", base_out.size(-1), ") for in ", lora_A.size(1),
+             ", out ", lora_B.size(0));
   const bool drop = is_training() && options_.dropout() > 0;
   at::Tensor xd = drop ? x * dropout_mask(x) : x;
   const at::ScalarType dt = x.scalar_type();
-  at::Tensor lora = at::linear(at::linear(xd, lora_A.to(dt)), lora_B.to(dt));  // (..., out)
+  // Tensor parallel: the whole tensors' gradients are summed where each rank sees a part of them.
+  at::Tensor A = lora_A, B = lora_B, m = lora_magnitude_vector;
+  if (tp_ && tp_->row) {
+    B = tp_->sum_grad(B);
+    if (m.defined()) m = tp_->sum_grad(m);
+  } else if (tp_) {
+    A = tp_->sum_grad(A);
+    if (tp_->sum_grad_replicas) {
+      B = tp_->sum_grad_replicas(B);
+      if (m.defined()) m = tp_->sum_grad_replicas(m);
+    }
+  }
+  at::Tensor lora = at::linear(at::linear(xd, A.to(dt)), B.to(dt));  // (..., out)
   const double s = scaling();
   if (!options_.dora()) return base_out + lora * s;
 
   // DoRA (PEFT's DoraLinearLayer.forward): the norm of W + s B A is a constant for autograd.
-  at::Tensor norm;
-  {
-    torch::NoGradGuard no_grad;
-    at::Tensor delta = lora_B.to(dt).matmul(lora_A.to(dt));
-    norm = at::linalg_vector_norm(base.weight(dt) + s * delta, 2, {1});  // (out)
-  }
-  at::Tensor mag_norm_scale = (lora_magnitude_vector.to(dt) / norm).view({1, -1});
+  const at::Tensor norm = row_norms(base.weight(dt));  // (out)
+  at::Tensor mag_norm_scale = (m.to(dt) / norm).view({1, -1});
   // W x' without the bias: recomputed on the dropped input, else the base output minus its bias.
   at::Tensor base_result = drop ? base.matmul(xd) : (base.bias.defined() ? base_out - base.bias : base_out);
   return base_out + ((mag_norm_scale - 1) * base_result + mag_norm_scale * lora * s);

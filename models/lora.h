@@ -23,8 +23,11 @@
 #include <torch/nn/module.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "models/nf4.h"
 
@@ -70,6 +73,26 @@ struct LoraOptions {
   TORCH_ARG(std::string, name) = "";
 };
 
+// An adapter whose base projection is split over tensor parallel (models/lora_projection.cpp
+// fills this) holds its slice of the global adapter, split as the base is:
+//   column-parallel base (output rows split): B and the magnitude hold rows [offset, offset + len)
+//       of (out, r) and (out); A is whole and its gradient is summed over tp (each rank's B slice
+//       sees a part of the output); a replicated kv head's B and magnitude sum theirs over the
+//       ranks that share the head.
+//   row-parallel base (input columns split): A holds columns [offset, offset + len) of (r, in),
+//       so B (A x_local) is this rank's part of B A x and is added to the base's partial product
+//       before the sum over tp; B and the magnitude are whole, their gradients summed over tp;
+//       dropout draws the whole input's mask and keeps this slice; DoRA's row norms sum their
+//       squares over tp.
+struct LoraTensorParallel {
+  bool row = false;
+  int64_t offset = 0, len = 0;
+  using Map = std::function<at::Tensor(const at::Tensor&)>;
+  Map sum_grad;           // forward identity, backward all-reduce over tp (copy_to_region)
+  Map sum_grad_replicas;  // the same over the ranks that share a kv head; null without replicas
+  Map sum;                // an all-reduce (sum) over tp of a tensor outside autograd
+};
+
 // Which optimizer group a parameter belongs to, for LoRA+ (lora.lr_ratio).
 enum class LoraRole { A, B, Magnitude };
 // LoRA+ learning-rate multiplier of a role: B and the (1-D) DoRA magnitude train at lr * lr_ratio,
@@ -90,6 +113,15 @@ class LoraAdapterImpl : public torch::nn::Module {
   // base are in place (after loading an adapter without a magnitude, say).
   void init_magnitude(const LoraBase& base);
 
+  // Tensor parallel: narrows this freshly made (global) adapter to its slice (see above).
+  void shard(LoraTensorParallel tp);
+  // The global shape of a role's tensor, and this rank's slice of a global tensor of that shape
+  // (a PEFT file holds the whole adapter).
+  std::vector<int64_t> global_shape(LoraRole role) const;
+  at::Tensor local_slice(LoraRole role, const at::Tensor& global) const;
+  // ||W + s B A|| per output row over the whole input (W: the base weight, this rank's slice).
+  at::Tensor row_norms(const at::Tensor& w) const;
+
   // Every application after this reads the clock for its dropout mask; without a clock (and in
   // eval mode) there is no dropout.
   void set_dropout_clock(std::shared_ptr<const LoraDropoutClock> clock) { clock_ = std::move(clock); }
@@ -106,6 +138,7 @@ class LoraAdapterImpl : public torch::nn::Module {
  private:
   LoraOptions options_;
   std::shared_ptr<const LoraDropoutClock> clock_;
+  std::optional<LoraTensorParallel> tp_;
 };
 TORCH_MODULE(LoraAdapter);
 

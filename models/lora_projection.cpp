@@ -7,6 +7,9 @@
 #include <algorithm>
 
 #include "base/error.h"
+#include "models/tp_layers.h"
+#include "parallel/communicator.h"
+#include "parallel/tp_mappings.h"
 
 namespace kiln {
 namespace {
@@ -44,7 +47,8 @@ bool is_lora_parameter(const std::string& name) {
          ends_with(name, ".lora_magnitude_vector");
 }
 
-LoraProjectionImpl::LoraProjectionImpl(Projection wrapped, const std::optional<LoraOptions>& options)
+LoraProjectionImpl::LoraProjectionImpl(Projection wrapped, const std::optional<LoraOptions>& options,
+                                       std::optional<LoraTensorParallel> tp)
     : ProjectionImpl(wrapped->spec(), NoWeight{}), base(std::move(wrapped)) {
   // The base's tensors under their own names (weight, and whatever a parallel projection holds),
   // the same tensor objects, so materialize(), ZeRO and to() reach them through the wrapper.
@@ -56,6 +60,7 @@ LoraProjectionImpl::LoraProjectionImpl(Projection wrapped, const std::optional<L
   weight = base->weight;
   if (!options) return;
   adapter = LoraAdapter(*options);
+  if (tp) adapter->shard(std::move(*tp));
   for (auto& item : adapter->named_parameters(/*recurse=*/false))
     register_parameter(item.key(), item.value());
 }
@@ -71,15 +76,28 @@ LoraBase LoraProjectionImpl::lora_base() const {
 }
 
 at::Tensor LoraProjectionImpl::forward(const at::Tensor& x) {
-  if (gather_) {  // ZeRO-3: the whole NF4 weight for this use only (nf4_linear's backward keeps it)
-    const Nf4Weight full = gather_(*nf4_);
-    at::Tensor y = nf4_linear(x, full);
+  const at::Tensor in = base->enter(x);
+  // ZeRO-3: the whole NF4 weight for this use only (nf4_linear's backward keeps it).
+  const std::optional<Nf4Weight> gathered = gather_ ? std::optional<Nf4Weight>(gather_(*nf4_)) : std::nullopt;
+  const Nf4Weight* q = gathered ? &*gathered : nf4_ ? &*nf4_ : nullptr;
+  at::Tensor y = q ? nf4_linear(in, *q) : base->local(in);
+  if (adapter) {
     LoraBase b;
-    b.nf4 = &full;
-    return adapter ? adapter->forward(x, y, b) : y;
+    if (q)
+      b.nf4 = q;
+    else
+      b.dense = base->local_weight();
+    y = adapter->forward(in, y, b);
   }
-  at::Tensor y = nf4_ ? nf4_linear(x, *nf4_) : base->forward(x);
-  return adapter ? adapter->forward(x, y, lora_base()) : y;
+  return base->leave(y);
+}
+
+ProjectionImpl::GlobalShape LoraProjectionImpl::global_shape(const std::string& param) const {
+  if (!adapter || !is_lora_parameter("." + param)) return base->global_shape(param);
+  const bool split = spec_.shard != ShardDim::None && spec_.shard_len > 0;
+  const bool column = split && spec_.shard == ShardDim::Out, row = split && spec_.shard == ShardDim::In;
+  const LoraRole role = adapter->role(param);
+  return {adapter->global_shape(role), role == LoraRole::A ? (row ? 1 : -1) : (column ? 0 : -1)};
 }
 
 void LoraProjectionImpl::shard_base(Nf4Weight shard, Nf4Gather gather) {
@@ -131,20 +149,39 @@ void LoraProjectionImpl::to(torch::Device device, bool non_blocking) {
 }
 
 ProjectionFactory lora_projections(ProjectionFactory base, const LoraSettings& settings,
-                                   std::shared_ptr<const LoraDropoutClock> clock) {
-  return [base, settings, clock](const ProjectionSpec& spec) -> Projection {
+                                   std::shared_ptr<const LoraDropoutClock> clock,
+                                   std::shared_ptr<TensorParallel> tp) {
+  return [base, settings, clock, tp](const ProjectionSpec& spec) -> Projection {
     Projection p = base(spec);
     const bool adapted = settings.rank > 0 && lora_targets(settings.targets, spec.name);
     if (!adapted && !(settings.quantize_base && spec.layer >= 0)) return p;
-    // Tensor-parallel seam: the adapter follows the base's local weight (out_local, in_local).
-    // A column-parallel base (ShardDim::Out) holds out/tp rows: B (out, r) splits the same way,
-    // A stays whole. A row-parallel base (ShardDim::In) holds in/tp columns: A (r, in) splits the
-    // same way, B stays whole, and A x (a partial sum per rank) is reduced over tp before B. Until
-    // the tp projections exist every base here is whole.
-    const at::IntArrayRef local = p->weight.sizes();
-    KILN_CHECK(local.size() == 2 && local[0] == spec.out && local[1] == spec.in, "LoRA on ", spec.name,
-               ": the base weight is sharded (", local, " of ", spec.out, " x ", spec.in,
-               "); LoRA over tensor-parallel projections is not wired yet");
+    // The adapter follows the base's slice (models/lora.h): a column-parallel base splits B's
+    // rows, a row-parallel one A's columns.
+    const ProjectionSpec& local = p->spec();
+    std::optional<LoraTensorParallel> split;
+    if (local.shard != ShardDim::None && local.shard_len > 0) {
+      KILN_CHECK(tp, "LoRA on ", spec.name, ": a split base needs its tensor-parallel group");
+      KILN_CHECK(!settings.quantize_base, "LoRA on ", spec.name,
+                 ": an NF4 base (QLoRA) is not split over tensor parallel");
+      KILN_CHECK(
+          local.shard_offset + local.shard_len <= (local.shard == ShardDim::Out ? local.out : local.in),
+          "LoRA on ", spec.name, ": a padded slice");
+      LoraTensorParallel t;
+      t.row = local.shard == ShardDim::In;
+      t.offset = local.shard_offset;
+      t.len = local.shard_len;
+      t.sum_grad = [tp](const at::Tensor& x) { return copy_to_region(x, tp->group()); };
+      if (local.replicas > 1) {
+        Communicator* shared = &tp->replica_group(local.replicas);  // owned by tp, which the map keeps
+        t.sum_grad_replicas = [tp, shared](const at::Tensor& x) { return copy_to_region(x, *shared); };
+      }
+      t.sum = [tp](const at::Tensor& x) {
+        at::Tensor out = x.contiguous().clone();
+        tp->group().all_reduce(out);
+        return out;
+      };
+      split = std::move(t);
+    }
     std::optional<LoraOptions> o;
     if (adapted) {
       o.emplace(spec.in, spec.out, settings.rank);
@@ -154,7 +191,7 @@ ProjectionFactory lora_projections(ProjectionFactory base, const LoraSettings& s
           .dora(settings.dora)
           .name(hf_module_path(spec));
     }
-    auto impl = std::make_shared<LoraProjectionImpl>(p, o);
+    auto impl = std::make_shared<LoraProjectionImpl>(p, o, adapted ? split : std::nullopt);
     if (clock && impl->adapter) impl->adapter->set_dropout_clock(clock);
     return Projection(std::shared_ptr<ProjectionImpl>(impl));
   };

@@ -57,9 +57,13 @@ bool is_lora_parameter(const std::string& name);
 class LoraProjectionImpl : public ProjectionImpl {
  public:
   // options: the adapter; none = a base-only wrapper (a QLoRA base projection not targeted).
-  LoraProjectionImpl(Projection base, const std::optional<LoraOptions>& options);
+  // tp: the base is split over tensor parallel; the adapter is split with it (models/lora.h).
+  LoraProjectionImpl(Projection base, const std::optional<LoraOptions>& options,
+                     std::optional<LoraTensorParallel> tp = std::nullopt);
 
+  // The base's enter, its local product (or NF4's), the adapter's term, the base's leave.
   at::Tensor forward(const at::Tensor& x) override;
+  GlobalShape global_shape(const std::string& param) const override;
 
   // QLoRA: the base weight (holding its values) becomes NF4 codes; the dense tensor is freed.
   void quantize_base(bool double_quant);
@@ -90,11 +94,14 @@ class LoraProjectionImpl : public ProjectionImpl {
 };
 TORCH_MODULE(LoraProjection);
 
+class TensorParallel;
 // Wraps `base`'s projections named by settings.targets with adapters whose dropout reads `clock`
 // (set by the step runner). Adapter A starts from PEFT's kaiming init seeded by the module path,
-// B at zero, so every layout starts from the same adapter.
+// B at zero, so every layout starts from the same adapter. `tp`: the group of a
+// tensor-parallel base factory (models/tp_layers.h), whose split projections get split adapters.
 ProjectionFactory lora_projections(ProjectionFactory base, const LoraSettings& settings,
-                                   std::shared_ptr<const LoraDropoutClock> clock);
+                                   std::shared_ptr<const LoraDropoutClock> clock,
+                                   std::shared_ptr<TensorParallel> tp = nullptr);
 
 // Every LoRA projection of `model` with its module path, in model order (with_adapter: only those
 // holding an adapter, else base-only QLoRA wrappers too).

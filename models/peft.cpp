@@ -231,11 +231,12 @@ void load_peft_adapter(const PeftAdapter& src, const NamedAdapters& adapters) {
     used.insert(module);
     const PeftModuleTensors& m = it->second;
     auto copy = [&](const at::Tensor& dst, const at::Tensor& t, LoraRole role) {
-      if (t.sizes() != dst.sizes())
+      const std::vector<int64_t> want = a->global_shape(role);
+      if (t.sizes() != at::IntArrayRef(want))
         user_error(file, ": tensor '", peft_tensor_name(module, role), "': shape ", shape_str(t.sizes()),
-                   "; valid: ", shape_str(dst.sizes()));
+                   "; valid: ", shape_str(want));
       torch::NoGradGuard no_grad;
-      dst.copy_(t);
+      dst.copy_(a->local_slice(role, t));  // tensor parallel: this rank's slice
     };
     copy(a->lora_A, m.lora_A, LoraRole::A);
     copy(a->lora_B, m.lora_B, LoraRole::B);

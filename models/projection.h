@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace kiln {
 
@@ -37,7 +38,26 @@ class ProjectionImpl : public torch::nn::Module {
  public:
   // The weight starts as a shape_only() placeholder; materialize() or an optimizer fills it.
   explicit ProjectionImpl(const ProjectionSpec& spec);
-  virtual at::Tensor forward(const at::Tensor& x);  // (..., in) -> (..., out)
+  // (..., in) -> (..., out): leave(local(enter(x))).
+  virtual at::Tensor forward(const at::Tensor& x);
+  // The three parts of forward. A tensor-parallel projection maps its input into the region its
+  // slice of the weight works in (enter: replicated over tp, or gathered from the sequence
+  // slices), multiplies by that slice (local) and maps the product out (leave: the row-parallel
+  // sum over tp); a dense one is local alone. An adapter (models/lora_projection.h) adds its term
+  // between local and leave, on the same slices, so it costs no collective of its own.
+  virtual at::Tensor enter(const at::Tensor& x) { return x; }
+  virtual at::Tensor local(const at::Tensor& x);  // x local_weight()^T
+  // This rank's W as local() uses it (a replicated kv head's enters through the sum over its
+  // replicas' gradients), for an adapter that multiplies by the base weight itself (DoRA).
+  virtual at::Tensor local_weight() { return weight; }
+  virtual at::Tensor leave(const at::Tensor& y) { return y; }
+  // Tensor parallel: parameter `param`'s global shape and the dimension along which this rank
+  // holds elements [spec().shard_offset, + shard_len) of it; dim -1 when it holds it whole.
+  struct GlobalShape {
+    std::vector<int64_t> shape;
+    int64_t dim = -1;
+  };
+  virtual GlobalShape global_shape(const std::string& param) const;
   const ProjectionSpec& spec() const { return spec_; }
   at::Tensor weight;  // (local_out, local_in): (out, in) unless tensor-parallel
 

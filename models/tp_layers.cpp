@@ -56,12 +56,13 @@ class ColumnParallelImpl : public ProjectionImpl {
  public:
   ColumnParallelImpl(const ProjectionSpec& spec, std::shared_ptr<TensorParallel> tp)
       : ProjectionImpl(spec), tp_(std::move(tp)) {}
-  at::Tensor forward(const at::Tensor& x) override {
+  at::Tensor enter(const at::Tensor& x) override {
     Communicator& g = tp_->group();
-    at::Tensor in = tp_->sequence_parallel() ? gather_seq(x, g) : copy_to_region(x, g);
+    return tp_->sequence_parallel() ? gather_seq(x, g) : copy_to_region(x, g);
+  }
+  at::Tensor local_weight() override {
     // Replicated kv heads: each replica's gradient is the sum over the ranks sharing the head.
-    at::Tensor w = spec_.replicas > 1 ? copy_to_region(weight, tp_->replica_group(spec_.replicas)) : weight;
-    return at::linear(in, w);
+    return spec_.replicas > 1 ? copy_to_region(weight, tp_->replica_group(spec_.replicas)) : weight;
   }
 
  private:
@@ -74,8 +75,7 @@ class RowParallelImpl : public ProjectionImpl {
  public:
   RowParallelImpl(const ProjectionSpec& spec, std::shared_ptr<TensorParallel> tp)
       : ProjectionImpl(spec), tp_(std::move(tp)) {}
-  at::Tensor forward(const at::Tensor& x) override {
-    at::Tensor partial = at::linear(x, weight);
+  at::Tensor leave(const at::Tensor& partial) override {
     Communicator& g = tp_->group();
     return tp_->sequence_parallel() ? reduce_scatter_seq(partial, g) : reduce_from_region(partial, g);
   }

@@ -15,6 +15,7 @@
 #include "models/hf.h"
 #include "models/lora_projection.h"
 #include "models/peft.h"
+#include "models/tp_layers.h"
 #include "models/weight_source.h"
 #include "parallel/communicator.h"
 #include "trainer/checkpoint.h"
@@ -24,8 +25,10 @@ namespace kiln {
 
 bool lora_enabled(const Config& cfg) { return cfg.lora.rank > 0; }
 
-ProjectionFactory run_projections(const Config& cfg, std::shared_ptr<const LoraDropoutClock> clock) {
-  if (!lora_enabled(cfg)) return dense_projections();
+ProjectionFactory run_projections(const Config& cfg, std::shared_ptr<const LoraDropoutClock> clock,
+                                  std::shared_ptr<TensorParallel> tp) {
+  ProjectionFactory base = tp ? tensor_parallel_projections(tp) : dense_projections();
+  if (!lora_enabled(cfg)) return base;
   LoraSettings s;
   s.rank = cfg.lora.rank;
   s.alpha = cfg.lora.alpha;
@@ -34,7 +37,7 @@ ProjectionFactory run_projections(const Config& cfg, std::shared_ptr<const LoraD
   s.dora = cfg.lora.dora;
   s.targets = cfg.lora.targets;
   s.quantize_base = cfg.lora.quantize_base == BaseQuant::nf4;
-  return lora_projections(dense_projections(), s, std::move(clock));
+  return lora_projections(std::move(base), s, std::move(clock), std::move(tp));
 }
 
 LoraLoad load_lora_model(LlamaImpl& model, const Config& cfg, WeightSource& base, WeightSource* adapters) {

@@ -20,9 +20,12 @@ namespace kiln {
 class WeightSource;
 
 bool lora_enabled(const Config& cfg);
-// The run's projections: dense, wrapped with adapters (and NF4-ready base wrappers for QLoRA)
-// when lora.rank > 0. clock: read by the adapters' dropout (null: no dropout, eval and tools).
-ProjectionFactory run_projections(const Config& cfg, std::shared_ptr<const LoraDropoutClock> clock);
+class TensorParallel;
+// The run's projections: dense (or tensor-parallel with `tp`), wrapped with adapters (and
+// NF4-ready base wrappers for QLoRA) when lora.rank > 0. clock: read by the adapters' dropout
+// (null: no dropout, eval and tools).
+ProjectionFactory run_projections(const Config& cfg, std::shared_ptr<const LoraDropoutClock> clock,
+                                  std::shared_ptr<TensorParallel> tp = nullptr);
 
 struct LoraLoad {
   std::unique_ptr<WeightSource> adapters;  // the adapters' values by parameter name (the optimizer's start)

@@ -182,12 +182,10 @@ void Trainer::find_resume() {
 // The rank's model: built with placeholders, then only what the rank keeps is read from the
 // weight source (the checkpoint when resuming, else model.init_from or the seeded init).
 void Trainer::build() {
-  LlamaBuild how{StageSpec{}, run_projections(cfg_, clock_), /*meta=*/true};
-  if (mesh_.tp_size() > 1) {  // tensor parallel: this rank's slices only (models/tp_layers.h)
-    // (LoRA under tp is refused by validate_run until the adapters split with the base.)
+  LlamaBuild how{StageSpec{}, {}, /*meta=*/true};
+  if (mesh_.tp_size() > 1)  // tensor parallel: this rank's slices only (models/tp_layers.h)
     how.tp = std::make_shared<TensorParallel>(mesh_.tp(), cfg_.parallel.sequence_parallel);
-    how.projections = tensor_parallel_projections(how.tp);
-  }
+  how.projections = run_projections(cfg_, clock_, how.tp);  // dense or tp, LoRA-wrapped for LoRA runs
   model_ = Llama(cfg_.model, how);
   tp_shards_ = model_->tp_shards();
   std::unique_ptr<WeightSource> source;
@@ -195,8 +193,10 @@ void Trainer::build() {
   if (lora_enabled(cfg_)) {
     // LoRA hook (trainer/lora_setup.h): the frozen base from model.init_from (NF4 for QLoRA), the
     // adapters from the checkpoint when resuming; the optimizer holds only the adapters.
-    std::unique_ptr<WeightSource> base = initial_weights(cfg_, *model_);
-    std::unique_ptr<WeightSource> ckpt = resume_dir_.empty() ? nullptr : checkpoint_weights_source(resume_dir_);
+    // Under tp each rank reads only its slices of both (rank_source).
+    std::unique_ptr<WeightSource> base = rank_source(initial_weights(cfg_, *model_), *model_);
+    std::unique_ptr<WeightSource> ckpt =
+        resume_dir_.empty() ? nullptr : rank_source(checkpoint_weights_source(resume_dir_), *model_);
     LoraLoad lora = load_lora_model(*model_, cfg_, *base, ckpt.get());
     source = std::move(lora.adapters);
     trainable = std::move(lora.trainable);

@@ -57,10 +57,11 @@ void validate_layout(const Config& cfg, int64_t world_size) {
     user_error(
         "train.trainable / train.trainable_new_rows_only: frozen tensors are not sharded over tensor "
         "parallel yet; valid with parallel.tp > 1: every parameter trained (train.trainable: [\"*\"])");
-  if (p.tp > 1 && cfg.lora.rank > 0)
+  if (p.tp > 1 && cfg.lora.rank > 0 && cfg.lora.quantize_base == BaseQuant::nf4)
     user_error(
-        "lora.rank: LoRA adapters are not split over tensor parallel yet; valid with parallel.tp > 1: ",
-        "lora.rank: 0, or LoRA with parallel.tp: 1 (data parallel with parallel.zero 0-3)");
+        "lora.quantize_base: nf4 (QLoRA): the NF4 base is not split over tensor parallel; valid with "
+        "parallel.tp > 1: lora.quantize_base: none (LoRA on the 16-bit base), or QLoRA with parallel.tp: 1 "
+        "and parallel.zero: 3, which shards the NF4 base over data parallel");
   if (p.sequence_parallel && p.tp == 1)
     user_error("parallel.sequence_parallel: true needs tensor parallelism; valid: false, or parallel.tp > 1");
   if (p.sequence_parallel && cfg.data.seq_len % p.tp != 0)

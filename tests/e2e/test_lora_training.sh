@@ -11,7 +11,9 @@
 #   - `kiln export --format peft` loads with PeftModel.from_pretrained onto the base and gives
 #     kiln's logits (1e-4); `--format hf` equals PEFT's merge_and_unload of it (DoRA + rsLoRA), and
 #     a QLoRA run's --format hf (dequantized, merged) gives kiln's QLoRA logits;
-#   - lora.init_from: peft:DIR continues from the exported adapter (its step-0 adapters equal it).
+#   - lora.init_from: peft:DIR continues from the exported adapter (its step-0 adapters equal it);
+#   - LoRA and DoRA under tensor parallel (tp 2, sequence parallel, tp 2 x dp 2 ZeRO-3) give the
+#     dp=1 losses and adapters; a tp 2 checkpoint resumes at tp 1; init_from peft: at tp 2.
 source "$(dirname "$0")/lib.sh"
 make_tiny
 py=$(cat "$ROOT/build/python_path" 2>/dev/null || true)
@@ -156,4 +158,47 @@ run cont 1 "${lora[@]}" --set lora.dora=true --set lora.rslora=true --set lora.t
   --set lora.init_from=peft:"$WORK/dora-peft" --set train.steps=0
 "$KILN" export cont --format peft --out cont-peft >/dev/null 2>&1 || die "export cont"
 cmp dora-peft/adapter_model.safetensors cont-peft/adapter_model.safetensors || die "lora.init_from did not start from the adapter"
-echo "LoRA e2e: dp=2 ZeRO 0-3 = dp=1, offload, checkpoint of adapters only, exact resume, PEFT export and import"
+# --- LoRA under tensor parallel -----------------------------------------------------------------
+# Adapters split with their base (models/lora.h): tp 2, tp 2 with sequence parallel and DoRA +
+# rsLoRA, and tp 2 x dp 2 under ZeRO-3 give the dp=1 losses (1e-5) and, through --format peft,
+# its adapters (every tensor within 1e-5 relative, Frobenius); a tp 2 checkpoint resumes at tp 1
+# with the same losses, and lora.init_from: peft:DIR loads each rank's slices at tp 2.
+# Adam's eps 1e-6 and lr 0.002, as in test_tensor_parallel.sh: reduction-order rounding in a
+# gradient that cancels to ~0 would otherwise move a step by up to lr.
+tpa=("${lora[@]}" --set train.eps=1e-6 --set train.lr=0.002 --set train.min_lr=0.0002)
+tpd=("${tpa[@]}" --set lora.dora=true --set lora.rslora=true)
+same_adapters() {  # RUN_A RUN_B
+  "$KILN" export "$1" --format peft --out "$1-peft" >/dev/null 2>&1 || die "export $1"
+  "$KILN" export "$2" --format peft --out "$2-peft" >/dev/null 2>&1 || die "export $2"
+  "$py" - "$1-peft" "$2-peft" <<'PY'
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+a, b = load_file(sys.argv[1] + "/adapter_model.safetensors"), load_file(sys.argv[2] + "/adapter_model.safetensors")
+assert a.keys() == b.keys() and a, sorted(set(a) ^ set(b))
+worst = max(np.linalg.norm(a[k].astype(np.float64) - b[k]) / max(1e-12, np.linalg.norm(b[k])) for k in a)
+assert worst <= 1e-5, f"adapters differ: {worst:.2e}"
+print(f"{len(a)} adapter tensors agree within 1e-5 (worst {worst:.1e})")
+PY
+}
+run tp-ref 1 "${tpa[@]}"
+run tp-lora 2 "${tpa[@]}" --set parallel.tp=2
+echo -n "LoRA tp=2: "; close tp-ref.loss tp-lora.loss 1e-5 || die "LoRA tp=2 differs from dp=1"
+echo -n "    "; same_adapters tp-lora tp-ref || die "LoRA tp=2 adapters differ from dp=1"
+run tp-dora-ref 1 "${tpd[@]}"
+run tp-dora 2 "${tpd[@]}" --set parallel.tp=2 --set parallel.sequence_parallel=true
+echo -n "DoRA + rsLoRA tp=2 sequence parallel: "; close tp-dora-ref.loss tp-dora.loss 1e-5 || die "DoRA tp=2 differs"
+echo -n "    "; same_adapters tp-dora tp-dora-ref || die "DoRA tp=2 adapters differ from dp=1"
+run tp-z3 4 "${tpa[@]}" --set parallel.tp=2 --set parallel.zero=3
+echo -n "LoRA tp=2 x dp=2 ZeRO-3: "; close tp-ref.loss tp-z3.loss 1e-5 || die "LoRA tp2 x dp2 ZeRO-3 differs"
+echo -n "    "; same_adapters tp-z3 tp-ref || die "LoRA tp2 x dp2 adapters differ from dp=1"
+run tp-cut 2 "${tpa[@]}" --set parallel.tp=2 --exit-after 3
+run tp-cut 1 "${tpa[@]}"
+grep -q "resumed from .* at step 3" tp-cut.log || die "tp-cut did not resume at step 3"
+echo -n "LoRA tp=2 -> tp=1 resume: "; close tp-ref.loss tp-cut.loss 1e-5 || die "LoRA resumed at tp=1 differs"
+run tp-cont 2 "${tpd[@]}" --set parallel.tp=2 --set lora.init_from=peft:"$WORK/tp-dora-ref-peft" --set train.steps=0
+"$KILN" export tp-cont --format peft --out tp-cont-peft >/dev/null 2>&1 || die "export tp-cont"
+cmp tp-dora-ref-peft/adapter_model.safetensors tp-cont-peft/adapter_model.safetensors ||
+  die "lora.init_from at tp=2 did not start from the adapter"
+echo "lora.init_from: peft:DIR at tp=2 loads the adapter exactly"
+echo "LoRA e2e: dp=2 ZeRO 0-3 = dp=1, offload, checkpoint of adapters only, exact resume, PEFT export and import, tp=2"

@@ -16,7 +16,7 @@ cat >"$WORK/refusals.txt" <<'ROWS'
 1|parallel.sequence_parallel=true|parallel.sequence_parallel: true needs tensor parallelism; valid: false, or parallel.tp > 1
 2|parallel.tp=2;parallel.sequence_parallel=true;data.seq_len=33|parallel.sequence_parallel: data.seq_len (33) must be a multiple of parallel.tp (2)
 2|parallel.tp=2;train.trainable=[model.norm.weight]|train.trainable / train.trainable_new_rows_only: frozen tensors are not sharded over tensor parallel yet
-2|parallel.tp=2;lora.rank=4|lora.rank: LoRA adapters are not split over tensor parallel yet; valid with parallel.tp > 1: lora.rank: 0
+2|parallel.tp=2;lora.rank=4;lora.quantize_base=nf4|lora.quantize_base: nf4 (QLoRA): the NF4 base is not split over tensor parallel; valid with parallel.tp > 1: lora.quantize_base: none
 1|lora.rank=4;lora.targets=[lm_head]|lora.targets: 'lm_head' is not a projection kiln adapts
 1|lora.quantize_base=nf4|lora.quantize_base / lora.init_from need adapters: set lora.rank > 0
 1|lora.rank=4;train.trainable=[lm_head]|train.trainable: a LoRA run (lora.rank > 0) trains its adapters only
