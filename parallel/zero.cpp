@@ -361,7 +361,7 @@ struct ZeroOptimizer::Impl {
       const int64_t n = std::min(step, G.shard - off);
       at::Tensor in = by_rank.narrow(1, off, n).contiguous().view({-1});
       at::Tensor piece = at::empty({n}, comm_options());
-      if (off == 0) note_grad_bytes(nbytes(flat) + nbytes(in) + nbytes(piece));
+      if (off == 0) note_grad_bytes(nbytes(flat) + (in.is_alias_of(flat) ? 0 : nbytes(in)) + nbytes(piece));
       dp.reduce_scatter(in, piece);
       out.narrow(0, off, n).add_(piece.to(out.device()));
     }

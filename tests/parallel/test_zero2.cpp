@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <ostream>
 #include <string>
 
 #include "tests/parallel/harness.h"
@@ -23,6 +24,8 @@ struct Zero2Case {
   bool tied = false;
   bool accumulate = true;
 };
+
+void PrintTo(const Zero2Case& c, std::ostream* os) { *os << c.name; }
 
 class Zero2MatchesZero1 : public ::testing::TestWithParam<Zero2Case> {};
 
@@ -42,7 +45,9 @@ TEST_P(Zero2MatchesZero1, LossesNormsAndWeights) {
   spec.recompute_layers = GetParam().recompute;
   spec.resume_after = GetParam().resume_after;
   spec.tied = GetParam().tied;
-  if (GetParam().accumulate) ASSERT_GE(spec.global_batch / (dp * spec.micro_batch), 2) << "accumulation";
+  if (GetParam().accumulate) {
+    ASSERT_GE(spec.global_batch / (dp * spec.micro_batch), 2) << "accumulation";
+  }
   spec.stage = 1;
   ZeroRunSpec plain = spec;  // ZeRO-1 straight through: the reference
   plain.resume_after = -1;
