@@ -294,18 +294,14 @@ struct ZeroOptimizer::Impl {
 
   static int64_t nbytes(const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; }
 
-  // Gradient bytes alive now: the parameters' .grad storages, the reduced gradient `grad`, the
+  // Gradient bytes alive now: the parameters' .grad tensors, the reduced gradient `grad`, the
   // units' flat gradients waiting to be reduced (stage 2) and `extra` (a copy being reduced), kept
   // as the peak. Called wherever gradient memory grows: after every accumulation into a .grad
   // (the hook) and inside every reduction.
   void note_grad_bytes(int64_t extra = 0) {
     int64_t bytes = extra + nbytes(grad);
     for (const at::Tensor& f : pending) bytes += nbytes(f);
-    std::set<const void*> seen;  // a storage counted once (tied or aliased gradients)
-    for (const Param& p : params) {
-      const at::Tensor& g = p.tensor.grad();
-      if (g.defined() && seen.insert(g.storage().data()).second) bytes += static_cast<int64_t>(g.storage().nbytes());
-    }
+    for (const Param& p : params) bytes += nbytes(p.tensor.grad());  // a tied weight is one parameter
     grad_peak = std::max(grad_peak, bytes);
   }
 

@@ -121,7 +121,7 @@ class ZeroOptimizer {
   int64_t peak_resident_parameter_bytes() const;
   std::vector<int64_t> resident_between_units() const;
   // Gradient bytes this rank held at once, the most since zero_grad(): the parameters' .grad
-  // storages, the reduced gradient and the flat copies being reduced, measured from the live
+  // tensors, the reduced gradient and the flat copies being reduced, measured from the live
   // tensors after every accumulation into a .grad and inside every reduction (stages 0-3).
   int64_t peak_gradient_bytes() const;
 

@@ -90,7 +90,7 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) { return info.param.name; });
 
 // The gradient bytes held at once, measured (ZeroOptimizer::peak_gradient_bytes: the live .grad
-// storages, the reduced gradient and the flat copies in flight, sampled after every accumulation
+// tensors, the reduced gradient and the flat copies in flight, sampled after every accumulation
 // and inside every reduction), over 2 steps of 4 (dp 2) or 2 (dp 4) micro-batches. ZeRO-1 holds
 // every gradient of the model until the step; ZeRO-2 holds its 1/dp partition, the flat gradient
 // of the unit in backward and one parameter's .grad (or, while that unit is reduced, its flat
