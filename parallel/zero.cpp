@@ -16,6 +16,7 @@
 #include "models/unit_chain.h"
 #include "models/weight_source.h"
 #include "parallel/communicator.h"
+#include "parallel/grad_hooks.h"
 #include "base/error.h"
 
 namespace kiln {
@@ -94,6 +95,11 @@ struct ZeroOptimizer::Impl {
   UnitChain* model = nullptr;  // stage 3: the chain whose unit runner this optimizer installed
   Communicator* norm_group = nullptr;        // tensor parallel: the squared norm summed over it too
   std::map<std::string, double> norm_weight;  // parameter -> weight of its squared norm (tp replicas)
+  std::vector<int> group_of_param;            // [param] -> its group
+  std::vector<char> arrived;                  // stage 2: [param] its gradient of this backward is in
+  std::vector<int64_t> waiting;               // stage 2: [group] parameters not arrived yet
+  std::vector<at::Tensor> pending;            // stage 2: [group] its flat gradient until reduced
+  int64_t grad_peak = 0;                      // gradient bytes, the most held at once since zero_grad()
 
   // ---- layout ---------------------------------------------------------------------------------
 
@@ -115,6 +121,7 @@ struct ZeroOptimizer::Impl {
       const at::Tensor& t = trained[i].second;
       params.push_back({trained[i].first, t, t.sizes().vec(), t.numel(), G.numel, t.dim() >= 2});
       G.params.push_back(static_cast<int>(params.size() - 1));
+      group_of_param.push_back(unit_of[i]);
       G.numel += t.numel();
     }
     const int world = dp.size();
@@ -255,43 +262,119 @@ struct ZeroOptimizer::Impl {
 
   // Flat fp32 gradients of group G (zeros where a gradient is missing), padded, on the model's
   // device.
-  at::Tensor flat_grads(const Group& G, bool clear) {
+  at::Tensor flat_grads(const Group& G) {
     at::Tensor flat = at::zeros({G.shard * dp.size()}, comm_options());
+    note_grad_bytes(nbytes(flat));  // the flat copy beside the gradients it is made from
     for (int i : G.params) {
       Param& p = params[i];
       const at::Tensor& g = p.tensor.grad();
       if (g.defined()) flat.narrow(0, p.offset, p.numel).copy_(g.reshape({-1}));
       if (const int64_t lead = frozen_leading(p)) flat.narrow(0, p.offset, lead).zero_();
-      if (clear) p.tensor.mutable_grad() = at::Tensor();
     }
     return flat;
   }
 
+  // Stages 0 and 1, after the last micro-batch: group G's gradients all-reduced in buckets, this
+  // rank's kept range copied into the zeroed `grad`.
   void reduce_group(const Group& G) {
-    const int world = dp.size();
     at::Tensor out = grad.narrow(0, G.local, G.keep_len);
-    at::Tensor flat = flat_grads(G, /*clear=*/stage >= 2);
-    if (world == 1) {
+    at::Tensor flat = flat_grads(G);
+    if (dp.size() == 1) {
       out.copy_(flat);
-    } else if (stage < 2) {
-      for (int64_t off = 0; off < flat.numel(); off += bucket_elems) {
-        at::Tensor bucket = flat.narrow(0, off, std::min(bucket_elems, flat.numel() - off));
-        dp.all_reduce(bucket);
-      }
-      out.copy_(flat.narrow(0, G.keep_begin, G.keep_len));
-    } else {
-      // Bucket k holds the k-th piece of every rank's partition, so each rank receives the
-      // summed piece of its own.
-      at::Tensor mine = at::empty({G.shard}, comm_options());
-      at::Tensor by_rank = flat.view({world, G.shard});
-      for (int64_t off = 0; off < G.shard; off += bucket_elems) {
-        const int64_t n = std::min(bucket_elems, G.shard - off);
-        at::Tensor in = by_rank.narrow(1, off, n).contiguous().view({-1});
-        at::Tensor piece = mine.narrow(0, off, n);
-        dp.reduce_scatter(in, piece);
-      }
-      out.copy_(mine);
+      return;
     }
+    for (int64_t off = 0; off < flat.numel(); off += bucket_elems) {
+      at::Tensor bucket = flat.narrow(0, off, std::min(bucket_elems, flat.numel() - off));
+      dp.all_reduce(bucket);
+    }
+    out.copy_(flat.narrow(0, G.keep_begin, G.keep_len));
+  }
+
+  // ---- stage 2: reduce-scatter during backward; gradient memory (every stage) ------------------
+
+  static int64_t nbytes(const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; }
+
+  // Gradient bytes alive now: the parameters' .grad tensors, the reduced gradient `grad`, the
+  // units' flat gradients waiting to be reduced (stage 2) and `extra` (a copy being reduced), kept
+  // as the peak. Called wherever gradient memory grows: after every accumulation into a .grad
+  // (the hook) and inside every reduction.
+  void note_grad_bytes(int64_t extra = 0) {
+    int64_t bytes = extra + nbytes(grad);
+    for (const at::Tensor& f : pending) bytes += nbytes(f);
+    for (const Param& p : params) bytes += nbytes(p.tensor.grad());  // a tied weight is one parameter
+    grad_peak = std::max(grad_peak, bytes);
+  }
+
+  // Autograd has accumulated parameter i's gradient into its .grad. Under stage 2 it is added at
+  // once into its unit's flat gradient (fp32, padded to dp * S) and the .grad freed; once every
+  // parameter of the unit has arrived, the flat gradient is reduce-scattered into this rank's fp32
+  // partition in buckets of bucket_mb and freed. So a rank holds its partition, the flat gradient
+  // of the unit in backward and one parameter's .grad, not the model's gradients. Every
+  // micro-batch is reduced this way, accumulating in the partition: summing the micro-batches
+  // locally first would hold every unit's full gradient until the last one, the memory stage 2
+  // exists to save (the price: one reduce-scatter per micro-batch instead of per step). All ranks
+  // run the same graph, so they complete the same units in the same order and the collectives
+  // match.
+  void on_grad_accumulated(int i) {
+    note_grad_bytes();
+    if (stage != 2) return;
+    const int g = group_of_param[i];
+    const Group& G = groups[g];
+    Param& p = params[i];
+    if (!pending[g].defined()) {
+      pending[g] = at::zeros({G.shard * dp.size()}, comm_options());
+      note_grad_bytes();
+    }
+    pending[g].narrow(0, p.offset, p.numel).add_(p.tensor.grad().reshape({-1}));
+    p.tensor.mutable_grad() = at::Tensor();
+    if (arrived[i]) return;  // a second accumulation in one backward (a tied weight): already counted
+    arrived[i] = 1;
+    if (--waiting[g] == 0) reduce_pending(g);
+  }
+  // Reduce-scatters unit g's flat gradient into the partition (adding) and frees it. Bucket k
+  // holds the k-th piece of every rank's partition, so each rank receives the summed piece of its
+  // own and adds it in.
+  void reduce_pending(int g) {
+    const Group& G = groups[g];
+    at::Tensor flat = std::move(pending[g]);
+    pending[g] = at::Tensor();
+    for (int i : G.params) {
+      if (const int64_t lead = frozen_leading(params[i])) flat.narrow(0, params[i].offset, lead).zero_();
+      arrived[i] = 0;
+    }
+    waiting[g] = static_cast<int64_t>(G.params.size());
+    if (!grad.defined()) grad = at::zeros({len}, master.options());
+    at::Tensor out = grad.narrow(0, G.local, G.keep_len);
+    const int world = dp.size();
+    if (world == 1) {
+      out.add_(flat.to(out.device()));
+      return;
+    }
+    // A bucket is bucket_mb in all: n elements of each of the `world` partitions.
+    const int64_t step = std::max<int64_t>(1, bucket_elems / world);
+    at::Tensor by_rank = flat.view({world, G.shard});
+    for (int64_t off = 0; off < G.shard; off += step) {
+      const int64_t n = std::min(step, G.shard - off);
+      at::Tensor in = by_rank.narrow(1, off, n).contiguous().view({-1});
+      at::Tensor piece = at::empty({n}, comm_options());
+      if (off == 0) note_grad_bytes(nbytes(flat) + (in.is_alias_of(flat) ? 0 : nbytes(in)) + nbytes(piece));
+      dp.reduce_scatter(in, piece);
+      out.narrow(0, off, n).add_(piece.to(out.device()));
+    }
+  }
+  void reset_arrivals() {
+    arrived.assign(params.size(), 0);
+    waiting.resize(groups.size());
+    for (size_t g = 0; g < groups.size(); ++g) waiting[g] = static_cast<int64_t>(groups[g].params.size());
+    pending.assign(groups.size(), at::Tensor());
+  }
+  void install_grad_hooks(const std::shared_ptr<Impl>& self) {
+    reset_arrivals();
+    std::weak_ptr<Impl> weak = self;
+    for (size_t i = 0; i < params.size(); ++i)
+      set_grad_accumulated_hook(params[i].tensor, [weak, i] {
+        if (auto m = weak.lock()) m->on_grad_accumulated(static_cast<int>(i));
+      });
   }
 
   // ---- stage 3: gather, release, reduce per unit ----------------------------------------------
@@ -421,6 +504,7 @@ ZeroOptimizer::ZeroOptimizer(UnitChain& model, Communicator& dp, int stage, int6
   impl_->build_layout(model);
   impl_->init_state(nullptr);
   impl_->move_state(impl_->model_device());
+  impl_->install_grad_hooks(impl_);
   if (stage == 3) impl_->install_stage3(model, impl_);
 }
 
@@ -437,6 +521,7 @@ ZeroOptimizer::ZeroOptimizer(UnitChain& model, Communicator& dp, int stage, int6
   impl_->build_layout(model);
   for (Impl::Param& p : impl_->params) p.tensor.set_data(at::empty({0}, at::kFloat));
   impl_->init_state(&source);
+  impl_->install_grad_hooks(impl_);
   if (stage == 3) impl_->install_stage3(model, impl_);
 }
 
@@ -448,6 +533,8 @@ void ZeroOptimizer::zero_grad() {
   if (m.stage == 3) m.release_all();
   for (Impl::Param& p : m.params) p.tensor.mutable_grad() = at::Tensor();
   m.grad = at::Tensor();
+  m.reset_arrivals();
+  m.grad_peak = 0;
   m.peak = m.resident_bytes();
   m.between_units.clear();
 }
@@ -461,9 +548,18 @@ void ZeroOptimizer::reduce_gradients() {
     if (!m.grad.defined()) m.grad = at::zeros({m.len}, m.master.options());
     return;
   }
+  if (m.stage == 2) {
+    // Units were reduced during backward; what is left is a unit some of whose parameters got no
+    // gradient of the last backward (unused, or a tied weight's second accumulation).
+    for (size_t g = 0; g < m.groups.size(); ++g)
+      if (m.pending[g].defined()) m.reduce_pending(static_cast<int>(g));
+    if (!m.grad.defined()) m.grad = at::zeros({m.len}, m.master.options());
+    return;
+  }
   m.grad = at::zeros({m.len}, m.comm_options());
   for (const Impl::Group& G : m.groups) m.reduce_group(G);
   m.grad = m.grad.to(m.master.device());
+  m.note_grad_bytes();
 }
 
 double ZeroOptimizer::grad_norm() {
@@ -618,6 +714,7 @@ std::vector<std::pair<std::string, at::Tensor>> ZeroOptimizer::gather_parameters
 
 int64_t ZeroOptimizer::resident_parameter_bytes() const { return impl_->resident_bytes(); }
 int64_t ZeroOptimizer::peak_resident_parameter_bytes() const { return impl_->peak; }
+int64_t ZeroOptimizer::peak_gradient_bytes() const { return impl_->grad_peak; }
 std::vector<int64_t> ZeroOptimizer::resident_between_units() const { return impl_->between_units; }
 
 }  // namespace kiln

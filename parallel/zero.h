@@ -6,7 +6,10 @@
 // [r*S, (r+1)*S). What a stage changes is what a rank keeps and how gradients and weights move:
 //   stage 0: every rank keeps the whole fp32 state; gradients all-reduced (bucketed)
 //   stage 1: fp32 master and moments only for the rank's partition; gradients all-reduced
-//   stage 2: also gradients: reduce-scattered into the partition
+//   stage 2: also gradients, during backward: each gradient autograd accumulates is added into
+//            its unit's flat gradient and freed, and once a unit's are all in, the flat gradient
+//            is reduce-scattered into the partition (buckets of bucket_bytes) and freed, every
+//            micro-batch (parallel/grad_hooks.h): the partition plus one unit in flight
 //   stage 3: also the parameters: the model's tensors are empty between uses and each unit is
 //            all-gathered just before its forward and again before its backward (recompute()
 //            with hooks, models/recompute.h), the next unit prefetched; its gradients are
@@ -76,7 +79,8 @@ class ZeroOptimizer {
 
   int stage() const;
   void zero_grad();
-  // After the last micro-batch's backward of a step.
+  // After the last micro-batch's backward of a step (stage 2: most units were reduced during
+  // backward already; this reduces what is left).
   void reduce_gradients();
   // Global L2 norm of the reduced gradient, across shards and ranks (same on every rank).
   double grad_norm();
@@ -116,6 +120,10 @@ class ZeroOptimizer {
   // partition plus the prefetched unit).
   int64_t peak_resident_parameter_bytes() const;
   std::vector<int64_t> resident_between_units() const;
+  // Gradient bytes this rank held at once, the most since zero_grad(): the parameters' .grad
+  // tensors, the reduced gradient and the flat copies being reduced, measured from the live
+  // tensors after every accumulation into a .grad and inside every reduction (stages 0-3).
+  int64_t peak_gradient_bytes() const;
 
   struct Impl;
 

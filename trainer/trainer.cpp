@@ -170,6 +170,7 @@ class Trainer {
   std::unique_ptr<TensorBoardWriter> tb_;
   std::vector<std::string> sources_;
   int64_t start_step_ = 0, tokens_seen_ = 0;
+  int64_t peak_gradient_bytes_ = 0;  // the most gradient bytes held at once in any step (measured)
 };
 
 // Lock, environment checks, the resume point (verified, checkpoint.h) and the resume policy,
@@ -289,6 +290,7 @@ StepStats Trainer::step(int64_t step) {
   at::Tensor loss = runner_->run(micro, divisor).reshape({1});
   test_step_delay();  // KILN_TEST_STEP_SLEEP_S, tests only
   optimizer_->reduce_gradients();
+  peak_gradient_bytes_ = std::max(peak_gradient_bytes_, optimizer_->peak_gradient_bytes());
   s.norm = optimizer_->grad_norm();
   mesh_.dp().all_reduce(loss);
   s.loss = loss.item<double>();
@@ -463,6 +465,13 @@ TrainResult Trainer::run() {
   std::string line;
   for (int64_t r = 0; r < peaks.numel(); ++r) line += str(" ", static_cast<int64_t>(peaks[r].item<double>() / (1 << 20)));
   log0("peak memory per rank (MiB, ", setup_.device.is_cuda() ? "CUDA allocator" : "resident", "):", line);
+  // Gradients alone (ZeroOptimizer::peak_gradient_bytes): ZeRO-2 holds about 1/dp of ZeRO-1's.
+  at::Tensor grads = at::zeros({mesh_.world().size()}, at::kDouble);
+  grads[mesh_.world().rank()] = static_cast<double>(peak_gradient_bytes_);
+  all_reduce_host(mesh_.world(), grads, setup_.device);
+  line.clear();
+  for (int64_t r = 0; r < grads.numel(); ++r) line += str(" ", static_cast<int64_t>(grads[r].item<double>()));
+  log0("peak gradient bytes per rank (measured):", line);
   return result;
 }
 

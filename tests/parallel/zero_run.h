@@ -6,15 +6,17 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "data/batch.h"
 #include "models/llama.h"
+#include "models/recompute.h"
 #include "parallel/communicator.h"
-#include "parallel/zero.h"
 #include "parallel/zero.h"
 
 namespace kiln::test {
@@ -31,6 +33,8 @@ struct ZeroRunSpec {
   double clip = 0.5;            // small enough to clip in the first steps
   int64_t bucket_bytes = 1024;  // small buckets: several per step
   bool keep_gathered = false;   // ZeRO-3: units stay gathered from forward to backward
+  bool recompute_layers = false;  // activation checkpointing: each decoder layer recomputed in backward
+  int resume_after = -1;  // >= 0: after that many steps, a fresh model and optimizer load the state
   // eps 1e-6, not 1e-8: with a tiny eps Adam's first updates are g / (|g| + eps), so a gradient
   // element that is nearly zero turns fp32 summation-order noise (which differs between
   // layouts) into an O(lr) difference. A larger eps keeps the comparison about the reduction.
@@ -42,7 +46,22 @@ struct ZeroRunResult {
   std::vector<std::pair<std::string, at::Tensor>> params;  // final fp32 values, model order
   std::vector<int64_t> resident_after_step;                // [step] measured parameter bytes
   int64_t model_bytes = 0;                                 // all trained parameters, fp32
+  std::vector<double> norms;                               // [step] gradient norm before clipping
+  int64_t peak_gradient_bytes = 0;  // the most gradient bytes held at once in any step (measured)
 };
+
+// Activation checkpointing as the trainer installs it (train.activation_checkpointing: full):
+// each decoder layer (units 1..L) runs without keeping activations and is recomputed in backward.
+inline void install_layer_recompute(LlamaImpl& model) {
+  const int64_t layers = static_cast<int64_t>(model.layers.size());
+  model.set_unit_runner([layers](int64_t unit, const at::Tensor& x, const UnitFn& fn) {
+    if (unit < 1 || unit > layers || !at::GradMode::is_enabled()) return fn(x);
+    auto hooks = std::make_shared<RecomputeHooks>();
+    hooks->always_backward = true;
+    auto f = fn;
+    return recompute({x}, [f](const std::vector<at::Tensor>& in) { return f(in[0]); }, hooks);
+  });
+}
 
 inline ModelConfig tiny_model_config(const ZeroRunSpec& spec) {
   ModelConfig cfg;
@@ -98,11 +117,25 @@ inline ZeroRunResult run_zero(Communicator& dp, const ZeroRunSpec& spec) {
   at::manual_seed(1234);
   Llama model(cfg);
   model->reset_parameters();
+  if (spec.recompute_layers) install_layer_recompute(*model);
   ZeroRunResult result;
   for (const auto& p : model->parameters()) result.model_bytes += p.numel() * p.element_size();
-  ZeroOptimizer opt(*model, dp, spec.stage, spec.bucket_bytes, spec.adam, spec.keep_gathered);
+  auto opt_ptr = std::make_unique<ZeroOptimizer>(*model, dp, spec.stage, spec.bucket_bytes, spec.adam, spec.keep_gathered);
   const int64_t per_rank = spec.global_batch / dp.size();
   for (int step = 0; step < spec.steps; ++step) {
+    if (step == spec.resume_after) {
+      // Resume: a fresh model with other weights and a fresh optimizer, from this one's state.
+      const std::vector<TensorSlice> state = opt_ptr->state_slices();
+      const int64_t taken = opt_ptr->steps_taken();
+      opt_ptr.reset();
+      at::manual_seed(4321);
+      model = Llama(cfg);
+      model->reset_parameters();
+      if (spec.recompute_layers) install_layer_recompute(*model);
+      opt_ptr = std::make_unique<ZeroOptimizer>(*model, dp, spec.stage, spec.bucket_bytes, spec.adam, spec.keep_gathered);
+      opt_ptr->load_state(state, taken);
+    }
+    ZeroOptimizer& opt = *opt_ptr;
     opt.zero_grad();
     // The divisor as the trainer finds it: this rank's trained tokens, summed over dp.
     std::vector<Batch> batches;
@@ -125,10 +158,12 @@ inline ZeroRunResult run_zero(Communicator& dp, const ZeroRunSpec& spec) {
     at::Tensor loss_t = at::full({1}, loss_part, at::kDouble);
     dp.all_reduce(loss_t);
     result.losses.push_back(loss_t.item<double>());
+    result.norms.push_back(norm);
+    result.peak_gradient_bytes = std::max(result.peak_gradient_bytes, opt.peak_gradient_bytes());
     opt.step(spec.lr, norm > spec.clip ? spec.clip / (norm + 1e-6) : 1.0);
     result.resident_after_step.push_back(opt.resident_parameter_bytes());
   }
-  result.params = opt.gather_parameters();
+  result.params = opt_ptr->gather_parameters();
   return result;
 }
 
