@@ -87,8 +87,10 @@ MemoryPlan plan_memory(const Config& cfg, int64_t world, double runtime_bytes) {
   const double T = static_cast<double>(cfg.data.seq_len);
   const double N = B * T;
   const double layers = static_cast<double>(m.num_layers) / pp;
-  // The loader: a few batches ahead, each ids, labels, positions (int64) and loss weights (fp32).
-  r.data = 4 * N * (3 * 8 + 4);
+  // The loader: the step's micro-batches (all drawn before the first runs) and data.prefetch
+  // batches ahead, each ids, labels, positions (int64) and loss weights (fp32).
+  const double batches = static_cast<double>(accumulation_steps(cfg, world) + cfg.data.prefetch);
+  r.data = batches * N * (3 * 8 + 4);
 
   // Saved for backward per layer (models/llama.cpp), in units of N values of b bytes: the layer
   // input x; each RMSNorm its normalised x and its output (below fp32 also an fp32 copy of x);
@@ -178,7 +180,7 @@ MemoryPlan plan_memory(const Config& cfg, int64_t world, double runtime_bytes) {
   r.backward =
       held + r.activations + r.attention_mask + r.loss + r.layer_backward + r.gathered + grads_in_backward;
   const double flat_unit = zero < 3 ? 4 * unit_params : 0;  // reduce_group's padded flat copy
-  r.reduce = held + r.grads + r.grad_flat + flat_unit + r.gathered;
+  r.reduce = held + r.grads + r.grad_flat + flat_unit;      // ZeRO-3: every unit released by now
   r.peak = r.forward_end, r.peak_phase = "forward";
   if (r.backward > r.peak) r.peak = r.backward, r.peak_phase = "backward";
   if (r.reduce > r.peak) r.peak = r.reduce, r.peak_phase = "gradient reduce";
