@@ -12,14 +12,19 @@ py=$(cat "$ROOT/build/python_path" 2>/dev/null || echo python3)
 # Packed SFT: every sample of the mixture is a conversation with its prompt masked.
 cp "$WORK/sft_firefly.jsonl" "$WORK/sft_only.jsonl"
 t0=$(date +%s)
-# lr 0.002, not the config's 0.01: Adam moves each weight by about lr whatever its gradient, so
-# elements whose gradient is at rounding level differ by ~lr between layouts; at 0.002 the
-# exported tensors still agree within 1e-5 relative while the losses fall by 0.3 in 6 steps.
-LR=(--set train.lr=0.002 --set train.min_lr=0.0002)
+# Adam's epsilon 1e-6 (not 1e-8) and lr 0.002 (not the config's 0.01): Adam's step
+# lr * m / (sqrt(v) + eps) moves by up to lr / eps times a change in the gradient, and the
+# layouts' gradients differ by reduction-order rounding (~1e-9 absolute here). That is nothing,
+# except in an element whose gradient cancels to ~1e-9 by chance (ALiBi's layer-0 o_proj has one
+# at step 1): at eps 1e-8 its step differs by up to 1e-4 of the weight, which the later steps
+# carry into every tensor; at eps 1e-6 and lr 0.002, by ~1e-6. The losses still fall by 0.3 in 6
+# steps. The gradients themselves are compared slice by slice at 1e-5 in kiln_parallel_tests
+# (TensorParallel.MatchesOneRankModel).
+ADAM=(--set train.eps=1e-6 --set train.lr=0.002 --set train.min_lr=0.0002)
 
 run() {  # NAME NP --set ...: trains and exports NAME
   local name=$1 np=$2; shift 2
-  local cmd=("$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/$name" --set train.steps=6 "${LR[@]}" "$@")
+  local cmd=("$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/$name" --set train.steps=6 "${ADAM[@]}" "$@")
   if [ "$np" = 1 ]; then "${cmd[@]}" >"$WORK/$name.log" 2>&1 || { tail -20 "$WORK/$name.log"; die "train $name"; }
   else timeout 300 mpirun --oversubscribe -np "$np" "${cmd[@]}" >"$WORK/$name.log" 2>&1 ||
     { tail -20 "$WORK/$name.log"; die "train $name"; }
@@ -75,7 +80,6 @@ PY
 
 check() {  # REF NAME
   echo -n "$2 vs $1: "; close "$WORK/$1.loss" "$WORK/$2.loss" 1e-5 || die "$2: losses differ from $1"
-  [ "${WTOL:-}" = losses-only ] && { echo "    (weights not compared, see (*))"; return; }
   echo -n "    "; same_weights "$WORK/$2.hf" "$WORK/$1.hf" || die "$2: exported weights differ from $1"
 }
 
@@ -99,12 +103,9 @@ variant() {  # NAME --set ...: the reference, then every layout of it
 # The base model (4 heads, 2 kv heads: split at tp 2, shared at tp 4) in every layout.
 ALL_LAYOUTS=1 variant base
 # A vocabulary of 701 (padded to 702 at tp 2, 704 at tp 4), tied embeddings, ALiBi, packed SFT.
-# (*) ALiBi: losses agree within 1e-5, but the trained weights differ by 1e-5 .. 3e-4 relative
-# (growing with lr; the issue asks 1e-5). Not yet explained (the per-head bias narrowed to the
-# rank's heads may take another SDPA path): an open item, so only its losses are checked here.
 variant vocab701 --set model.vocab_size=701
 variant tied --set model.tie_embeddings=true
-WTOL=losses-only variant alibi --set model.position=alibi  # (*)
+variant alibi --set model.position=alibi
 variant sft --set data.mixture="$WORK/sft_only.jsonl"
 echo "layouts: $(($(date +%s) - t0)) s"
 
@@ -113,10 +114,10 @@ echo "layouts: $(($(date +%s) - t0)) s"
 for to in 1 4; do
   r=resume-to-tp$to
   timeout 300 mpirun --oversubscribe -np 4 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/$r" \
-    --set train.steps=6 "${LR[@]}" --set parallel.tp=2 --set parallel.zero=1 --exit-after 3 >"$WORK/$r.log" 2>&1 ||
+    --set train.steps=6 "${ADAM[@]}" --set parallel.tp=2 --set parallel.zero=1 --exit-after 3 >"$WORK/$r.log" 2>&1 ||
     { tail -20 "$WORK/$r.log"; die "$r: first half"; }
   if [ $to = 1 ]; then cmd=("$KILN"); else cmd=(timeout 300 mpirun --oversubscribe -np 4 "$KILN"); fi
-  "${cmd[@]}" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/$r" --set train.steps=6 "${LR[@]}" --set parallel.tp=$to \
+  "${cmd[@]}" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/$r" --set train.steps=6 "${ADAM[@]}" --set parallel.tp=$to \
     >>"$WORK/$r.log" 2>&1 || { tail -20 "$WORK/$r.log"; die "$r: second half"; }
   grep -q "resumed from .* at step 3" "$WORK/$r.log" || die "$r: did not resume at step 3"
   losses "$WORK/$r" >"$WORK/$r.loss"
@@ -142,7 +143,7 @@ echo "kiln generate of the tp 2 checkpoint: $(cat "$WORK/base-tp2-none.gen")"
 # Evaluation inside a tp 2 run (train.eval_every) gives kiln eval's loss of the dp=1 run.
 "$KILN" eval "$WORK/tiny.yaml" --set train.run_dir="$WORK/base" 2>/dev/null | tail -1 >"$WORK/base.eval"
 timeout 300 mpirun --oversubscribe -np 2 "$KILN" train "$WORK/tiny.yaml" --set train.run_dir="$WORK/tp2-eval" \
-  --set train.steps=6 "${LR[@]}" --set parallel.tp=2 --set train.eval_every=6 >"$WORK/tp2-eval.log" 2>&1 ||
+  --set train.steps=6 "${ADAM[@]}" --set parallel.tp=2 --set train.eval_every=6 >"$WORK/tp2-eval.log" 2>&1 ||
   { tail -20 "$WORK/tp2-eval.log"; die "tp 2 run with eval"; }
 "$py" - "$WORK/base.eval" "$WORK/tp2-eval/metrics.jsonl" <<'PY'
 import json, sys

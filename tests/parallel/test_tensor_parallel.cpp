@@ -128,7 +128,7 @@ void check_case(const Case& k) {
       }
       g = g.narrow(s.dim, 0, inside);
     }
-    EXPECT_LT(rel(g, want), 1e-4);
+    EXPECT_LT(rel(g, want), 1e-5);  // differences are reduction-order rounding, ~1e-6 at most
   }
   EXPECT_EQ(sharded, 7 * c.num_layers + 1 + (c.tie_embeddings ? 0 : 1));
 }
