@@ -125,18 +125,21 @@ MemoryPlan plan_memory(const Config& cfg, int64_t world, double runtime_bytes) {
   const bool recomputes = cfg.train.activation_checkpointing == Checkpointing::full || zero >= 3;
   r.layer_backward = (recomputes ? per_layer(p.sequence_parallel) : 0) + N * b * (3 * f / t + 4 * h);
 
-  // Attention masks: packed rows (and ALiBi) outside CUDA's varlen path use a (B, 1, T, T) bool
-  // mask held through forward and backward; SDPA's CPU kernel turns it into a float mask of the
-  // query dtype in every layer and keeps that copy for its backward, unless the core is
-  // recomputed (selective, full, ZeRO-3), where one layer's copy lives at a time.
+  // Attention masks outside CUDA's varlen path (models/llama.cpp attention_context()). Packed rows
+  // attend through a (B, 1, T, T) bool mask held through forward and backward; SDPA's CPU kernel
+  // turns it into a float mask of the query dtype in every layer and keeps that copy for its
+  // backward, unless the core is recomputed (selective, full, ZeRO-3: one layer's copy at a time).
+  // ALiBi's mask is already float: (1 or B, H, T, T) fp32 for every head (tp ranks narrow it to
+  // theirs), copied per layer only when the compute dtype is not fp32.
   const bool varlen = gpu && m.position == Position::rope;
   const bool packed = cfg.data.packing && !varlen;
-  if (packed || m.position == Position::alibi) {
-    const double heads = m.position == Position::alibi ? static_cast<double>(m.num_heads) / t : 1;
-    const double bool_mask = B * T * T;
-    const double float_mask = B * heads * T * T * b;
-    const bool core_saved = cfg.train.activation_checkpointing == Checkpointing::none && zero < 3;
-    r.attention_mask = bool_mask + (core_saved ? layers : 1) * float_mask;
+  const bool core_saved = cfg.train.activation_checkpointing == Checkpointing::none && zero < 3;
+  const double copies = core_saved ? layers : 1;
+  if (m.position == Position::alibi) {
+    const double bias = (cfg.data.packing ? B : 1) * static_cast<double>(m.num_heads) * T * T;
+    r.attention_mask = (cfg.data.packing ? B * T * T : 0) + bias * 4 + (b < 4 ? copies * bias / t * b : 0);
+  } else if (packed) {
+    r.attention_mask = B * T * T + copies * B * T * T * b;
   }
 
   // The head and loss: the chunked op computes the head's gradients during forward and holds them
