@@ -18,6 +18,7 @@
 #include "trainer/cli.h"
 #include "trainer/config.h"
 #include "trainer/lora_setup.h"
+#include "trainer/memory_plan.h"
 #include "base/error.h"
 #include "base/log.h"
 #include "trainer/run_dir.h"
@@ -89,6 +90,9 @@ int cmd_eval(int argc, char** argv) {
 }
 
 int cmd_plan(int argc, char** argv) {
+  // The runtime's own resident size, before this command allocates anything: `kiln train` starts
+  // from the same binary with the same libraries loaded (trainer/memory_plan.h).
+  const double runtime_bytes = resident_bytes_now();
   Args a = parse_args(argc, argv, 2, {"world"}, {"explain"});
   if (a.has("explain")) {
     std::printf("%s", describe_keys().c_str());
@@ -98,7 +102,7 @@ int cmd_plan(int argc, char** argv) {
       a,
       "usage: kiln plan CONFIG [--set key.path=value ...] [--world N] [--explain]\n"
       "  Validates the config for N processes (default: this launch's), prints the resolved\n"
-      "  config, parameter count, FLOPs per token and per-rank memory.  --explain lists every key.\n");
+      "  config, parameter count, FLOPs per token and per-rank peak memory.  --explain lists every key.\n");
   const int64_t world = a.has("world") ? a.get_int("world", 1) : launch_info().world_size;
   validate_run(cfg, world);
   const ModelConfig& m = cfg.model;
@@ -107,27 +111,7 @@ int cmd_plan(int argc, char** argv) {
   const double n = static_cast<double>(m.num_parameters());
   const bool gpu = cfg.train.device == DeviceChoice::cuda;
   const double bytes = cfg.train.precision == Precision::fp32 || (cfg.train.precision == Precision::automatic && !gpu) ? 4 : 2;
-  // Tensor parallel: the rank's slices exactly (models/tp_layers.h: replicated norms and kv heads
-  // counted whole, the vocabulary padded to a multiple of tp).
-  const double per_rank_params = static_cast<double>(tp_rank_parameters(m, static_cast<int>(p.tp))) / p.pp;
-  double param_b = per_rank_params * bytes / (p.zero >= 3 ? dp : 1);
-  double grad_b = per_rank_params * 4 / (p.zero >= 2 ? dp : 1);
-  double optim_b = per_rank_params * 12 / (p.zero >= 1 ? dp : 1);
-  // Activations per layer per sequence (Korthikanti et al.): T*h*(34 + 5*H*T/h) bytes at 16 bit.
-  const double T = static_cast<double>(cfg.data.seq_len), h = static_cast<double>(m.hidden_size);
-  const double layers = static_cast<double>(m.num_layers) / p.pp;
-  // With tensor parallel t (Korthikanti et al. table 2): T*h*(10 + 24/t + 5*H*T/(h*t)); the 10 (norm
-  // and dropout regions, replicated) becomes 10/t with sequence parallel; selective drops the
-  // 5*H*T/h attention term; full keeps each layer's input (1/t of it with sequence parallel).
-  const double t = static_cast<double>(p.tp);
-  auto activations = [&](bool sp) {
-    const double attn = cfg.train.activation_checkpointing == Checkpointing::none ? 5 * m.num_heads * T / h / t : 0;
-    const double per_layer = T * h * ((sp ? 10 / t : 10) + 24 / t + attn) * bytes / 2;
-    if (cfg.train.activation_checkpointing == Checkpointing::full)
-      return (T * h * bytes * layers / (sp ? t : 1) + per_layer) * cfg.train.micro_batch_size;
-    return per_layer * layers * cfg.train.micro_batch_size;
-  };
-  const double act_b = activations(p.sequence_parallel);
+  const MemoryPlan mp = plan_memory(cfg, world, gpu ? 0 : runtime_bytes + training_runtime_extra(world, gpu));
 
   // LoRA / QLoRA (trainer/lora_setup.h): the frozen base needs no gradient or optimizer state,
   // only the adapters do; an NF4 base is about half a byte per weight.
@@ -135,12 +119,6 @@ int cmd_plan(int argc, char** argv) {
   if (lora_enabled(cfg)) {
     const LoraMemory lm = lora_memory(cfg);
     const double a = static_cast<double>(lm.adapter_params);
-    // Under ZeRO-3 the packed NF4 base is sharded over dp (the dense rest of the base is kept whole).
-    const double packed_b = (lm.packed_bytes + lm.scale_bytes) / (p.zero >= 3 ? dp : 1);
-    const double base_b = (packed_b + lm.dense_params * bytes) / (p.tp * p.pp);
-    param_b = base_b + a * bytes / (p.tp * p.pp) / (p.zero >= 3 ? dp : 1);
-    grad_b = a * 4 / (p.tp * p.pp) / (p.zero >= 2 ? dp : 1);
-    optim_b = a * 12 / (p.tp * p.pp) / (p.zero >= 1 ? dp : 1);
     char buf[512];
     std::snprintf(buf, sizeof(buf),
                   "lora:              rank %lld, %s adapter parameters (%.3f%% of the model)%s\n"
@@ -161,12 +139,25 @@ int cmd_plan(int argc, char** argv) {
   std::printf("flops per token:   %.4g (training, seq %lld)\n", m.flops_per_token(cfg.data.seq_len),
               (long long)cfg.data.seq_len);
   std::printf("%s", lora_line.c_str());
-  std::printf("memory per rank:   params %s | grads %s | optimizer %s | activations ~%s | total ~%s\n",
-              human_bytes(param_b).c_str(), human_bytes(grad_b).c_str(), human_bytes(optim_b).c_str(),
-              human_bytes(act_b).c_str(), human_bytes(param_b + grad_b + optim_b + act_b).c_str());
+  const double step = mp.activations + mp.attention_mask + mp.loss + mp.layer_backward + mp.gathered;
+  std::printf("memory per rank:   params %s | grads %s | optimizer %s | activations ~%s | total ~%s (peak, %s)\n",
+              human_bytes(mp.params).c_str(), human_bytes(mp.grads + mp.grad_flat).c_str(),
+              human_bytes(mp.optimizer).c_str(), human_bytes(step).c_str(), human_bytes(mp.peak).c_str(),
+              mp.peak_phase.c_str());
+  std::printf("peak terms:        %s %s | params %s | optimizer %s | data %s\n",
+              gpu ? "CUDA allocator, no runtime" : "runtime", gpu ? "" : human_bytes(mp.runtime).c_str(),
+              human_bytes(mp.params).c_str(), human_bytes(mp.optimizer).c_str(), human_bytes(mp.data).c_str());
+  std::printf("                   grads %s + flat fp32 %s | saved activations %s | attention masks %s\n",
+              human_bytes(mp.grads).c_str(), human_bytes(mp.grad_flat).c_str(), human_bytes(mp.activations).c_str(),
+              human_bytes(mp.attention_mask).c_str());
+  std::printf("                   head+loss %s | a layer's backward %s | ZeRO-3 gathered %s\n",
+              human_bytes(mp.loss).c_str(), human_bytes(mp.layer_backward).c_str(), human_bytes(mp.gathered).c_str());
+  std::printf("phases:            forward end %s | backward %s | gradient reduce %s\n",
+              human_bytes(mp.forward_end).c_str(), human_bytes(mp.backward).c_str(), human_bytes(mp.reduce).c_str());
+  std::printf("peak resident:     %.0f MiB per rank\n", mp.peak / (1 << 20));
   if (p.tp > 1)
     std::printf("activations:       ~%s without sequence parallel, ~%s with (tp %lld)\n",
-                human_bytes(activations(false)).c_str(), human_bytes(activations(true)).c_str(), (long long)p.tp);
+                human_bytes(mp.activations_no_sp).c_str(), human_bytes(mp.activations_sp).c_str(), (long long)p.tp);
   std::printf("%s", describe_mixture(cfg).c_str());
   return 0;
 }
