@@ -38,25 +38,8 @@ mkdir -p "$out"
 
 # Synthetic corpus: words of random letters, Zipf-like. dense: documents far longer than a row
 # (truncated, one per row); packed: firefly conversations of 60-450 tokens, several per row.
-"$python" - "$work" <<'PY'
-import json, random, sys
-work = sys.argv[1]
-rng = random.Random(0)
-letters = "abcdefghijklmnopqrstuvwxyz"
-vocab = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(6000)]
-weights = [1.0 / (i + 1) for i in range(len(vocab))]
-words = lambda n: " ".join(rng.choices(vocab, weights, k=n))
-with open(f"{work}/tokenizer.txt", "w") as f:
-    for _ in range(20000):
-        f.write(words(20) + "\n")
-with open(f"{work}/dense.jsonl", "w") as f:
-    for _ in range(200):
-        f.write(json.dumps({"text": words(2000)}) + "\n")
-with open(f"{work}/packed.jsonl", "w") as f:
-    for _ in range(3000):
-        n = rng.randint(20, 150)
-        f.write(json.dumps({"conversation": [{"human": words(n // 3), "assistant": words(n - n // 3)}]}) + "\n")
-PY
+"$python" "$here/bench/synthetic_corpus.py" "$work" --vocab 6000 --tokenizer-lines 20000 --dense 200 2000 \
+  --sft 3000 --sft-file packed.jsonl
 "$kiln" tokenizer train --input "$work/tokenizer.txt" --out "$work/tok" --vocab-size 4000 >/dev/null 2>&1
 # The packed reference's document lengths: the conversations' token counts under the same tokenizer
 # and template (<s> human </s> assistant </s>), cut at a row.

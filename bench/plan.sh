@@ -64,25 +64,7 @@ export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_t
 
 # Synthetic corpus: words of random letters, Zipf-like; dense documents longer than the longest
 # row (one per row, truncated), and short SFT conversations (several packed to a row).
-python3 - "$work" <<'PY'
-import json, random, sys
-work = sys.argv[1]
-rng = random.Random(0)
-letters = "abcdefghijklmnopqrstuvwxyz"
-vocab = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(6000)]
-weights = [1.0 / (i + 1) for i in range(len(vocab))]
-words = lambda n: " ".join(rng.choices(vocab, weights, k=n))
-with open(f"{work}/tokenizer.txt", "w") as f:
-    for _ in range(5000):
-        f.write(words(20) + "\n")
-with open(f"{work}/dense.jsonl", "w") as f:
-    for _ in range(24):
-        f.write(json.dumps({"text": words(12000)}) + "\n")
-with open(f"{work}/sft.jsonl", "w") as f:
-    for _ in range(1500):
-        n = rng.randint(20, 150)
-        f.write(json.dumps({"conversation": [{"human": words(n // 3), "assistant": words(n - n // 3)}]}) + "\n")
-PY
+python3 "$here/bench/synthetic_corpus.py" "$work" --vocab 6000 --tokenizer-lines 5000 --dense 24 12000 --sft 1500
 "$kiln" tokenizer train --input "$work/tokenizer.txt" --out "$work/tok" --vocab-size 4000 >/dev/null 2>&1
 cat >"$work/base.yaml" <<YAML
 model: {vocab_size: 4000, hidden_size: 128, num_layers: 4, num_heads: 4, num_kv_heads: 2, max_seq_len: 16384}

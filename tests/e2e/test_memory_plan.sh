@@ -6,24 +6,7 @@
 # activations). The runtime's own resident size (~350 MiB of LibTorch) is a large part of both.
 # bench/plan.sh runs the full set of layouts.
 source "$(dirname "$0")/lib.sh"
-python3 - "$WORK" <<'PY'
-import json, random, sys
-work = sys.argv[1]
-rng = random.Random(0)
-vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
-weights = [1.0 / (i + 1) for i in range(len(vocab))]
-words = lambda n: " ".join(rng.choices(vocab, weights, k=n))
-with open(f"{work}/tokenizer.txt", "w") as f:
-    for _ in range(2000):
-        f.write(words(20) + "\n")
-with open(f"{work}/dense.jsonl", "w") as f:
-    for _ in range(8):
-        f.write(json.dumps({"text": words(3000)}) + "\n")
-with open(f"{work}/sft.jsonl", "w") as f:
-    for _ in range(600):
-        n = rng.randint(20, 150)
-        f.write(json.dumps({"conversation": [{"human": words(n // 3), "assistant": words(n - n // 3)}]}) + "\n")
-PY
+python3 "$ROOT/bench/synthetic_corpus.py" "$WORK" --vocab 3000 --tokenizer-lines 2000 --dense 8 3000 --sft 600
 "$KILN" tokenizer train --input "$WORK/tokenizer.txt" --out "$WORK/tok" --vocab-size 2000 >/dev/null 2>&1 || die "tokenizer"
 cat >"$WORK/plan.yaml" <<YAML
 model: {vocab_size: 2000, hidden_size: 128, num_layers: 4, num_heads: 4, num_kv_heads: 2, max_seq_len: 4096}

@@ -19,42 +19,10 @@
 #include "models/tp_weights.h"
 #include "models/weight_source.h"
 #include "tests/parallel/harness.h"
+#include "tests/parallel/tp_test_model.h"
 
 namespace kiln::test {
 namespace {
-
-ModelConfig tiny(int64_t kv_heads) {
-  ModelConfig c;
-  c.vocab_size = 37;
-  c.hidden_size = 32;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = kv_heads;
-  c.ffn_hidden_size = 48;
-  c.max_seq_len = 16;
-  return c;
-}
-
-Batch make_batch(const ModelConfig& c, bool packed) {
-  at::manual_seed(13);
-  Batch b;
-  const int64_t B = 2, T = 8;
-  b.input_ids = at::randint(c.vocab_size, {B, T}, at::kLong);
-  b.labels = at::randint(c.vocab_size, {B, T}, at::kLong);
-  b.labels.index_put_({1, 2}, kIgnoreIndex);
-  b.position_ids = at::arange(T, at::kLong).repeat({B, 1});
-  if (packed) {
-    b.position_ids[0] = at::tensor({0, 1, 2, 3, 0, 1, 2, 3}, at::kLong);
-    b.position_ids[1] = at::tensor({0, 1, 0, 1, 2, 3, 4, 5}, at::kLong);
-    b.packed = true;
-  }
-  b.loss_tokens = b.labels.ne(kIgnoreIndex).sum().item<int64_t>();
-  return b;
-}
-
-double rel(const at::Tensor& a, const at::Tensor& b) {
-  return (a - b).abs().max().item<double>() / std::max(1e-12, b.abs().max().item<double>());
-}
 
 struct Case {
   const char* name;
@@ -155,7 +123,9 @@ void check_case(const Case& k) {
     }
     ASSERT_EQ(g.sizes(), want.sizes());
     EXPECT_GT(want.abs().max().item<double>(), 0.0);
-    EXPECT_LT(rel(g, want), 1e-5);
+    // fp32 rounding of different reduction orders reaches ~2e-5 of the largest element here
+    // (dropout's 1/(1-p) and B's 0.2 scale enlarge it); a missing sum over tp is O(0.1) or more.
+    EXPECT_LT(rel(g, want), 1e-4);
     adapters += is_lora_parameter(item.key());
   }
   EXPECT_EQ(adapters, 7 * c.num_layers * (k.dora ? 3 : 2));

@@ -23,40 +23,10 @@
 #include "models/tp_layers.h"
 #include "models/tp_weights.h"
 #include "tests/parallel/harness.h"
+#include "tests/parallel/tp_test_model.h"
 
 namespace kiln::test {
 namespace {
-
-ModelConfig tiny(int64_t kv_heads) {
-  ModelConfig c;
-  c.vocab_size = 37;  // divisible by neither 2 nor 4
-  c.hidden_size = 32;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = kv_heads;
-  c.ffn_hidden_size = 48;
-  c.max_seq_len = 16;
-  return c;
-}
-
-Batch make_batch(const ModelConfig& c, bool packed) {
-  at::manual_seed(11);
-  Batch b;
-  const int64_t B = 2, T = 8;
-  b.input_ids = at::randint(c.vocab_size, {B, T}, at::kLong);
-  b.labels = at::randint(c.vocab_size, {B, T}, at::kLong);
-  b.labels.index_put_({0, 0}, kIgnoreIndex);
-  b.labels.index_put_({1, 5}, kIgnoreIndex);
-  b.labels.index_put_({1, 7}, c.vocab_size - 1);  // the last real entry (on the last rank)
-  b.position_ids = at::arange(T, at::kLong).repeat({B, 1});
-  if (packed) {  // row 0: documents of 3 and 5 tokens; row 1: 6 and 2
-    b.position_ids[0] = at::tensor({0, 1, 2, 0, 1, 2, 3, 4}, at::kLong);
-    b.position_ids[1] = at::tensor({0, 1, 2, 3, 4, 5, 0, 1}, at::kLong);
-    b.packed = true;
-  }
-  b.loss_tokens = b.labels.ne(kIgnoreIndex).sum().item<int64_t>();
-  return b;
-}
 
 Llama reference_model(const ModelConfig& c) {
   Llama m(c, LlamaBuild{StageSpec{}, {}, /*meta=*/true});
@@ -70,10 +40,6 @@ Llama tp_model(const ModelConfig& c, bool sequence_parallel) {
   TpShardedSource source(random_init_source(c, 5), m->tp_shards());
   materialize(*m, source);
   return m;
-}
-
-double rel(const at::Tensor& a, const at::Tensor& b) {
-  return (a - b).abs().max().item<double>() / std::max(1e-12, b.abs().max().item<double>());
 }
 
 struct Case {
