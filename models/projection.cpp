@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include "base/error.h"
+#include "models/ops/cpu_gemm.h"
 
 namespace kiln {
 
@@ -20,7 +21,7 @@ ProjectionImpl::ProjectionImpl(const ProjectionSpec& spec) : spec_(spec) {
 
 at::Tensor ProjectionImpl::forward(const at::Tensor& x) { return leave(local(enter(x))); }
 
-at::Tensor ProjectionImpl::local(const at::Tensor& x) { return at::linear(x, local_weight()); }
+at::Tensor ProjectionImpl::local(const at::Tensor& x) { return dense_linear(x, local_weight()); }
 
 ProjectionImpl::GlobalShape ProjectionImpl::global_shape(const std::string& param) const {
   KILN_CHECK(param == "weight", spec_.name, ": no parameter '", param, "'");

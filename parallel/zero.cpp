@@ -12,6 +12,7 @@
 #include <map>
 #include <set>
 
+#include "models/ops/fused_adamw.h"
 #include "models/recompute.h"
 #include "models/unit_chain.h"
 #include "models/weight_source.h"
@@ -278,11 +279,16 @@ struct ZeroOptimizer::Impl {
   // rank's kept range copied into the zeroed `grad`.
   void reduce_group(const Group& G) {
     at::Tensor out = grad.narrow(0, G.local, G.keep_len);
-    at::Tensor flat = flat_grads(G);
-    if (dp.size() == 1) {
-      out.copy_(flat);
+    if (dp.size() == 1) {  // nothing to reduce: each gradient straight into the zeroed `grad`
+      for (int i : G.params) {
+        Param& p = params[i];
+        const at::Tensor& g = p.tensor.grad();
+        if (g.defined()) out.narrow(0, p.offset, p.numel).copy_(g.reshape({-1}));
+        if (const int64_t lead = frozen_leading(p)) out.narrow(0, p.offset, lead).zero_();
+      }
       return;
     }
+    at::Tensor flat = flat_grads(G);
     for (int64_t off = 0; off < flat.numel(); off += bucket_elems) {
       at::Tensor bucket = flat.narrow(0, off, std::min(bucket_elems, flat.numel() - off));
       dp.all_reduce(bucket);
@@ -565,12 +571,10 @@ void ZeroOptimizer::reduce_gradients() {
 double ZeroOptimizer::grad_norm() {
   Impl& m = *impl_;
   KILN_CHECK(m.grad.defined(), "grad_norm before reduce_gradients");
-  // In pieces: a double copy of the whole gradient would be twice the gradient's memory again.
+  // fp64 sums without a fp64 copy of the gradient (models/ops/fused_adamw.h).
   at::Tensor sq = at::zeros({1}, m.grad.options().dtype(at::kDouble));
-  constexpr int64_t kPiece = int64_t{1} << 20;
   if (m.norm_weight.empty()) {
-    for (int64_t off = 0; off < m.grad.numel(); off += kPiece)
-      sq += m.grad.narrow(0, off, std::min(kPiece, m.grad.numel() - off)).to(at::kDouble).pow(2).sum();
+    sq += sum_of_squares(m.grad);
   } else {
     // Per parameter (tensor parallel): the kept part of each, weighted.
     for (const Impl::Group& G : m.groups)
@@ -579,9 +583,7 @@ double ZeroOptimizer::grad_norm() {
         const auto [a, b] = m.kept(p, G);
         auto w = m.norm_weight.find(p.name);
         const double weight = w == m.norm_weight.end() ? 1.0 : w->second;
-        for (int64_t off = a; off < b; off += kPiece)
-          sq += m.grad.narrow(0, m.local_index(p, G, off), std::min(kPiece, b - off)).to(at::kDouble).pow(2).sum() *
-                weight;
+        if (b > a) sq += sum_of_squares(m.grad.narrow(0, m.local_index(p, G, a), b - a)) * weight;
       }
   }
   if (m.stage >= 1 && m.dp.size() > 1) {
@@ -603,6 +605,15 @@ void ZeroOptimizer::set_grad_norm_group(Communicator* tp, std::map<std::string, 
 void adamw_update(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const at::Tensor& grad,
                   const at::Tensor& decay_mask, double lr, double grad_scale, int64_t step,
                   const AdamWOptions& h, const at::Tensor& lr_mask) {
+  if (!fused_adamw_supported(master, exp_avg, exp_avg_sq, grad, decay_mask, lr_mask))
+    return adamw_update_reference(master, exp_avg, exp_avg_sq, grad, decay_mask, lr, grad_scale, step, h, lr_mask);
+  fused_adamw(master, exp_avg, exp_avg_sq, grad, decay_mask, lr_mask,
+              FusedAdamWStep{lr, h.beta1, h.beta2, h.eps, h.weight_decay, grad_scale, step});
+}
+
+void adamw_update_reference(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const at::Tensor& grad,
+                            const at::Tensor& decay_mask, double lr, double grad_scale, int64_t step,
+                            const AdamWOptions& h, const at::Tensor& lr_mask) {
   at::NoGradGuard no_grad;
   const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(step));
   const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(step));

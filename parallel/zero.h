@@ -60,9 +60,14 @@ struct AdamWOptions {
 // One AdamW update of a flat fp32 shard, in torch.optim.AdamW's order: decoupled weight decay
 // (where decay_mask is 1), moments, bias-corrected step. `step` counts from 1; the gradient is
 // multiplied by grad_scale first (clipping). lr_mask (undefined = 1): a per-element multiplier of lr.
+// Contiguous fp32 CPU buffers take the fused one-pass loop (models/ops/fused_adamw.h); others
+// (CUDA) the ATen ops of adamw_update_reference, which the tests compare it with.
 void adamw_update(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const at::Tensor& grad,
                   const at::Tensor& decay_mask, double lr, double grad_scale, int64_t step,
                   const AdamWOptions& h, const at::Tensor& lr_mask = {});
+void adamw_update_reference(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const at::Tensor& grad,
+                            const at::Tensor& decay_mask, double lr, double grad_scale, int64_t step,
+                            const AdamWOptions& h, const at::Tensor& lr_mask = {});
 
 class ZeroOptimizer {
  public:

@@ -16,7 +16,7 @@ say() { echo "[setup] $*" >&2; }
 #    installed some other way: then a failed apt-get is a warning, and CMake names what is missing.
 pkgs=(build-essential cmake pkg-config ccache libopenmpi-dev openmpi-bin libyaml-cpp-dev
       nlohmann-json3-dev libsentencepiece-dev sentencepiece libxxhash-dev libgtest-dev python3-venv
-      libprotobuf-c-dev protobuf-c-compiler libisal-dev
+      libprotobuf-c-dev protobuf-c-compiler libisal-dev libopenblas-openmp-dev
       fortunes fortunes-zh)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -182,7 +182,7 @@ MemoryPlan plan_memory(const Config& cfg, int64_t world, double runtime_bytes) {
   const double grads_in_backward = zero >= 2 ? r.grads + (zero >= 3 || dp > 1 ? r.grad_flat : 0) : 0;
   r.backward =
       held + r.activations + r.attention_mask + r.loss + r.layer_backward + r.gathered + grads_in_backward;
-  const double flat_unit = zero < 3 ? 4 * unit_params : 0;  // reduce_group's padded flat copy
+  const double flat_unit = zero < 3 && dp > 1 ? 4 * unit_params : 0;  // reduce_group's padded flat copy
   r.reduce = held + r.grads + r.grad_flat + flat_unit;      // ZeRO-3: every unit released by now
   r.peak = r.forward_end, r.peak_phase = "forward";
   if (r.backward > r.peak) r.peak = r.backward, r.peak_phase = "backward";

@@ -34,6 +34,7 @@
 #include "models/weight_source.h"
 #include "models/tp_layers.h"
 #include "models/tp_weights.h"
+#include "models/ops/cpu_gemm.h"
 #include "parallel/zero.h"
 #include "trainer/checkpoint.h"
 #include "base/error.h"
@@ -367,6 +368,9 @@ TrainResult Trainer::run() {
          dp_size_, ", ZeRO-", cfg_.parallel.zero, ", ", accum_, " micro-batches of ", cfg_.train.micro_batch_size,
          " per rank per step, global batch ", global_batch_, " x ", cfg_.data.seq_len, " tokens, ",
          setup_.device.is_cuda() ? "cuda" : "cpu", " ", c10::toString(setup_.dtype));
+    if (!setup_.device.is_cuda())
+      log0("cpu: ", at::get_num_threads(), " threads, fp32 matrix products: ", cpu_gemm_name(),
+           " (KILN_CPU_KERNELS=aten: LibTorch's)");
   }
   build();
   restore();

@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "base/error.h"
+#include "models/ops/cpu_gemm.h"
 
 namespace kiln {
 namespace {
@@ -39,7 +40,7 @@ ChunkResult chunked_loss(const at::Tensor& hidden, const at::Tensor& weight, con
     const int64_t n = std::min(chunk_rows, N - a);
     at::Tensor x = hidden.narrow(0, a, n);                     // (n, h)
     at::Tensor t = targets.narrow(0, a, n);                    // (n)
-    at::Tensor logits = at::mm(x, weight.t()).to(at::kFloat);  // (n, V) fp32
+    at::Tensor logits = gemm(x, weight.t()).to(at::kFloat);  // (n, V) fp32
     at::Tensor valid = t.ne(ignore_index);
     at::Tensor w = valid.to(at::kFloat);  // (n): 0 on ignored tokens
     if (token_weights.defined()) w.mul_(token_weights.narrow(0, a, n).to(at::kFloat));
@@ -54,8 +55,8 @@ ChunkResult chunked_loss(const at::Tensor& hidden, const at::Tensor& weight, con
     d.mul_(w.unsqueeze(1));
     at::Tensor dc = d.to(hidden.scalar_type());
     at::Tensor gh = r.grad_hidden.narrow(0, a, n);
-    at::mm_out(gh, dc, weight);       // (n, h)
-    r.grad_weight.addmm_(dc.t(), x);  // (V, h)
+    gemm_into(gh, dc, weight);                   // (n, h)
+    gemm_into(r.grad_weight, dc.t(), x, 1.f);  // (V, h)
   }
   return r;
 }
