@@ -442,8 +442,8 @@ std::vector<std::pair<std::string, at::Tensor>> read_checkpoint_weights(const st
 }
 
 std::string resolve_checkpoint(const std::string& path) {
-  if (fs::exists(fs::path(path) / "checkpoints") || fs::exists(fs::path(path) / "config.yaml") &&
-                                                        !fs::exists(fs::path(path) / "state.json")) {
+  if (fs::exists(fs::path(path) / "checkpoints") ||
+      (fs::exists(fs::path(path) / "config.yaml") && !fs::exists(fs::path(path) / "state.json"))) {
     const std::string found = find_resume_checkpoint(path);
     if (found.empty()) user_error(path, ": has no checkpoint yet");
     return found;

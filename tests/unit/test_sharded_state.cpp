@@ -131,7 +131,9 @@ TEST(WeightSource, OptimizerFromSourceEqualsOptimizerFromModel) {
       EXPECT_EQ(pa[i].first, pb[i].first);
       EXPECT_TRUE(pa[i].second.equal(pb[i].second)) << "stage " << stage << " " << pa[i].first;
     }
-    if (stage == 3) EXPECT_EQ(b->parameters().front().numel(), 0);  // released between uses
+    if (stage == 3) {
+      EXPECT_EQ(b->parameters().front().numel(), 0);  // released between uses
+    }
   }
 }
 

@@ -150,7 +150,9 @@ TEST(Vocab, AnyFlatRangeOfAGrownTensorEqualsTheWholeTensor) {
     auto whole_src = vocab_growth_source(tensors_source({{"lm_head.weight", old}}, "t"), stored, opt);
     const at::Tensor whole = whole_src->read_full("lm_head.weight", {100, 8});  // (100, 8)
     EXPECT_TRUE(whole.narrow(0, 0, 40).equal(old));
-    if (std::string(init) == "zeros") EXPECT_EQ(whole.narrow(0, 40, 60).abs().max().item<float>(), 0.0f);
+    if (std::string(init) == "zeros") {
+      EXPECT_EQ(whole.narrow(0, 40, 60).abs().max().item<float>(), 0.0f);
+    }
     for (auto [b, e] : std::vector<std::pair<int64_t, int64_t>>{{0, 800}, {317, 333}, {5, 450}, {700, 701}}) {
       auto src = vocab_growth_source(tensors_source({{"lm_head.weight", old}}, "t"), stored, opt);
       EXPECT_TRUE(src->read("lm_head.weight", {100, 8}, b, e).equal(whole.view({-1}).narrow(0, b, e - b)))
