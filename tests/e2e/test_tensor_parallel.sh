@@ -12,15 +12,17 @@ py=$(cat "$ROOT/build/python_path" 2>/dev/null || echo python3)
 # Packed SFT: every sample of the mixture is a conversation with its prompt masked.
 cp "$WORK/sft_firefly.jsonl" "$WORK/sft_only.jsonl"
 t0=$(date +%s)
-# Adam's epsilon 1e-6 (not 1e-8) and lr 0.002 (not the config's 0.01): Adam's step
+# Adam's epsilon 1e-5 (not 1e-8) and lr 0.002 (not the config's 0.01): Adam's step
 # lr * m / (sqrt(v) + eps) moves by up to lr / eps times a change in the gradient, and the
 # layouts' gradients differ by reduction-order rounding (~1e-9 absolute here). That is nothing,
 # except in an element whose gradient cancels to ~1e-9 by chance (ALiBi's layer-0 o_proj has one
 # at step 1): at eps 1e-8 its step differs by up to 1e-4 of the weight, which the later steps
-# carry into every tensor; at eps 1e-6 and lr 0.002, by ~1e-6. The losses still fall by 0.3 in 6
-# steps. The gradients themselves are compared slice by slice at 1e-5 in kiln_parallel_tests
+# carry into every tensor; at eps 1e-6 and lr 0.002, by ~1e-6, which reached 1.02e-5 relative on
+# a LoRA adapter once the CPU products went through OpenBLAS (other rounding); eps 1e-5 leaves
+# a margin (the gradients here are ~1e-3). The losses still fall by 0.3 in 6 steps. The
+# gradients themselves are compared slice by slice at 1e-5 in kiln_parallel_tests
 # (TensorParallel.MatchesOneRankModel).
-ADAM=(--set train.eps=1e-6 --set train.lr=0.002 --set train.min_lr=0.0002)
+ADAM=(--set train.eps=1e-5 --set train.lr=0.002 --set train.min_lr=0.0002)
 
 run() {  # NAME NP --set ...: trains and exports NAME
   local name=$1 np=$2; shift 2
