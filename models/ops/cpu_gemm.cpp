@@ -121,7 +121,7 @@ at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& w) {
 void gemm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
   KILN_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0) && out.dim() == 2 && out.size(0) == a.size(0) &&
                  out.size(1) == b.size(1),
-             "mm_into: (m, k) (k, n) -> (m, n), got ", a.sizes(), " ", b.sizes(), " -> ", out.sizes());
+             "gemm_into: (m, k) (k, n) -> (m, n), got ", a.sizes(), " ", b.sizes(), " -> ", out.sizes());
   if (blas_mm(out, a, b, beta)) return;
   if (beta == 0.f)
     at::mm_out(out, a, b);
