@@ -96,7 +96,10 @@ class DenseLinear : public torch::autograd::Function<DenseLinear> {
 bool cpu_kernels_on() {
   static const bool on = [] {
     const char* env = std::getenv("KILN_CPU_KERNELS");
-    return !(env && !std::strcmp(env, "aten"));
+    if (!env || !*env || !std::strcmp(env, "kiln")) return true;
+    if (!std::strcmp(env, "aten")) return false;
+    user_error("KILN_CPU_KERNELS=", env, ": valid values are kiln (the default: OpenBLAS products, kiln's "
+               "attention and fused ops) and aten (LibTorch's ops, to compare)");
   }();
   return on;
 }
@@ -133,6 +136,35 @@ at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
   gemm_into(out, a, b);
   return out;
+}
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+#ifdef KILN_WITH_OPENBLAS
+  if (cpu_gemm_enabled()) {
+    cblas_sgemm(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, static_cast<int>(m),
+                static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb),
+                beta, c, static_cast<int>(ldc));
+    return;
+  }
+#endif
+  // op(x) of a row-major (rows, cols) matrix with leading dimension ld, as a view.
+  auto view = [](const float* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+    at::Tensor t = at::from_blob(const_cast<float*>(p), {trans ? cols : rows, trans ? rows : cols}, {ld, 1},
+                                 at::TensorOptions().dtype(at::kFloat));
+    return trans ? t.t() : t;
+  };
+  at::Tensor out = view(c, m, n, ldc, false);
+  if (k == 0) {
+    if (beta == 0.f) out.zero_(); else out.mul_(beta);
+    return;
+  }
+  at::Tensor prod = at::mm(view(a, m, k, lda, trans_a), view(b, k, n, ldb, trans_b));
+  if (beta == 0.f)
+    out.copy_(prod.mul_(alpha));
+  else
+    out.mul_(beta).add_(prod, alpha);
 }
 
 }  // namespace kiln

@@ -10,8 +10,9 @@
 
 namespace kiln {
 
-// False when KILN_CPU_KERNELS=aten is in the environment (read once): then the CPU products take
-// LibTorch's ops, to compare.
+// False when KILN_CPU_KERNELS=aten is in the environment (read once): then the CPU products, the
+// attention and the fused elementwise ops take LibTorch's ops, to compare. Unset, empty or kiln:
+// true; any other value is a UserError naming the valid ones.
 bool cpu_kernels_on();
 // Built with OpenBLAS and cpu_kernels_on().
 bool cpu_gemm_enabled();
@@ -27,5 +28,13 @@ at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& w);
 void gemm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta = 0.f);
 // a b as a new tensor (the same rule).
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b);
+
+// c = alpha op(a) op(b) + beta c on row-major fp32 host matrices given by pointer and leading
+// dimension (op(a) is (m, k), op(b) (k, n), c (m, n)): the CBLAS call, for kernels that work on
+// pieces of larger tensors (models/ops/cpu_attention.cpp). OpenBLAS when cpu_gemm_enabled(), else
+// at::addmm_ over views of the same memory. Safe to call from inside at::parallel_for: OpenBLAS's
+// OpenMP build then runs the product on the calling thread.
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
 }  // namespace kiln
