@@ -15,6 +15,7 @@
 #endif
 
 #include "base/error.h"
+#include "models/ops/cpu_attention.h"
 
 namespace kiln {
 
@@ -93,6 +94,16 @@ at::Tensor varlen_flash_attention(const at::Tensor& q, const at::Tensor& k, cons
              "varlen attention needs int32 cu_seqlens");
   return VarlenFlashFunction::apply(q.contiguous(), k.contiguous(), v.contiguous(), layout.cu_seqlens,
                                     layout.max_seqlen);
+}
+
+bool varlen_attention_supported(const c10::Device& device, at::ScalarType dtype, int64_t head_dim) {
+  return varlen_flash_supported(device, dtype, head_dim) || cpu_varlen_attention_supported(device, dtype);
+}
+
+at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const VarlenLayout& layout) {
+  if (cpu_varlen_attention_supported(q.device(), q.scalar_type()))
+    return cpu_varlen_attention(q, k, v, layout.cu_seqlens);
+  return varlen_flash_attention(q, k, v, layout);
 }
 
 }  // namespace kiln

@@ -1,12 +1,15 @@
 // Variable-length attention for packed rows: document offsets (cu_seqlens) from position_ids in
-// closed form, the CPU keeping the mask path, and (on a CUDA machine only) the flash kernel
-// against masked SDPA in fp32 and a packed model on CUDA against the same model on the CPU.
+// closed form; the CPU kernel (fp32) against masked SDPA, forward and backward, and a packed row
+// through it against its documents alone; other CPU types keeping the mask path; and (on a CUDA
+// machine only) the flash kernel against masked SDPA in fp32 and a packed model on CUDA against
+// the same model on the CPU.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 #include <torch/cuda.h>
 
 #include "models/llama.h"
+#include "models/ops/cpu_attention.h"
 #include "models/ops/varlen_attention.h"
 
 namespace kiln {
@@ -55,24 +58,6 @@ TEST(Varlen, LayoutFromTensor) {
   EXPECT_EQ(layout.max_seqlen, 5);
 }
 
-TEST(Varlen, CpuKeepsTheMaskPath) {
-  EXPECT_FALSE(varlen_flash_supported(at::Device(at::kCPU), at::kBFloat16, 64));
-  EXPECT_FALSE(varlen_flash_supported(at::Device(at::kCPU), at::kFloat, 64));
-  ModelConfig cfg;
-  Llama model(cfg);
-  Batch b;
-  b.position_ids = at::tensor(std::vector<int64_t>{0, 1, 2, 0, 1}, at::kLong).view({1, 5});
-  b.packed = true;
-  AttentionContext ctx = model->attention_context(b, at::TensorOptions().dtype(at::kFloat));
-  EXPECT_FALSE(ctx.cu_seqlens.defined());
-  ASSERT_TRUE(ctx.mask.defined());
-  EXPECT_EQ(ctx.mask.sizes(), at::IntArrayRef({1, 1, 5, 5}));
-  EXPECT_FALSE(ctx.mask[0][0][3][2].item<bool>());  // document 2 does not see document 1
-  EXPECT_TRUE(ctx.mask[0][0][4][3].item<bool>());
-}
-
-// ---- CUDA only: skipped on machines without a GPU ------------------------------------------
-
 // Reference: fp32 SDPA over (B=1, H, N, D) with a block-diagonal causal mask from cu_seqlens.
 at::Tensor masked_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& pos) {
@@ -88,6 +73,126 @@ at::Tensor masked_reference(const at::Tensor& q, const at::Tensor& k, const at::
                                        heads_first(v).repeat_interleave(rep, 1), allowed.view({1, 1, N, N}));
   return out.squeeze(0).transpose(0, 1);  // (N, H, D)
 }
+
+// The position_ids of documents of these lengths laid end to end.
+std::vector<int64_t> positions_of(const std::vector<int64_t>& lens) {
+  std::vector<int64_t> p;
+  for (int64_t len : lens)
+    for (int64_t i = 0; i < len; ++i) p.push_back(i);
+  return p;
+}
+
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).abs().max().item<double>() / std::max(1e-30, b.abs().max().item<double>());
+}
+
+TEST(CpuVarlen, MatchesMaskedAttentionForwardAndBackward) {
+  struct Case {
+    std::vector<int64_t> lens;
+    int64_t H, K, D;
+  } cases[] = {{{40, 70, 18}, 4, 2, 64},        // documents within one tile
+               {{1, 300, 129, 2}, 8, 8, 16},     // longer than a tile, not multiples of it; 1-token documents
+               {{128, 256}, 6, 1, 24},           // exactly tiles; every query head on one kv head
+               {{513}, 4, 4, 32}};               // one document of 5 tiles
+  for (const Case& c : cases) {
+    at::manual_seed(static_cast<uint64_t>(c.lens.size() * 100 + c.H));
+    at::Tensor pos = at::tensor(positions_of(c.lens), at::kLong).view({1, -1});
+    const int64_t N = pos.size(1);
+    at::Tensor q = at::randn({N, c.H, c.D}).requires_grad_(true);
+    at::Tensor k = at::randn({N, c.K, c.D}).requires_grad_(true);
+    at::Tensor v = at::randn({N, c.K, c.D}).requires_grad_(true);
+    at::Tensor go = at::randn({N, c.H, c.D});
+    VarlenLayout layout = varlen_layout(pos);
+    ASSERT_TRUE(varlen_attention_supported(at::Device(at::kCPU), at::kFloat, c.D));
+    at::Tensor out = varlen_attention(q, k, v, layout);
+    auto grads = torch::autograd::grad({out}, {q, k, v}, {go});
+    at::Tensor ref = masked_reference(q, k, v, pos);
+    auto ref_grads = torch::autograd::grad({ref}, {q, k, v}, {go});
+    const std::string what = "documents of " + std::to_string(c.lens[0]) + ".. H " + std::to_string(c.H) + " K " +
+                             std::to_string(c.K) + " D " + std::to_string(c.D);
+    EXPECT_LT(rel_err(out, ref), 1e-5) << what;
+    for (int i = 0; i < 3; ++i) EXPECT_LT(rel_err(grads[i], ref_grads[i]), 1e-5) << what << ", gradient " << i;
+  }
+}
+
+TEST(CpuVarlen, LogSumExpOfEveryRow) {
+  at::manual_seed(5);
+  at::Tensor pos = at::tensor(positions_of({3, 200}), at::kLong).view({1, -1});
+  const int64_t N = pos.size(1), H = 2, D = 8;
+  at::Tensor q = at::randn({N, H, D}), k = at::randn({N, 1, D}), v = at::randn({N, 1, D});
+  CpuAttentionForward f = cpu_varlen_attention_forward(q, k, v, varlen_layout(pos).cu_seqlens);
+  // Row 150 of document 2 (token 153), head 1: scores against tokens 3 .. 153.
+  at::Tensor s = at::matmul(k.narrow(0, 3, 151).select(1, 0), q[153][1]) / std::sqrt(double(D));
+  EXPECT_NEAR(f.lse[153][1].item<double>(), s.logsumexp(0).item<double>(), 1e-5);
+  EXPECT_NEAR(f.lse[0][0].item<double>(), (q[0][0] * k[0][0]).sum().item<double>() / std::sqrt(double(D)), 1e-5);
+}
+
+TEST(CpuVarlen, RejectsOffsetsThatDoNotCoverTheTokens) {
+  at::Tensor q = at::randn({10, 2, 8}), k = at::randn({10, 1, 8});
+  EXPECT_THROW(cpu_varlen_attention_forward(q, k, k, at::tensor(std::vector<int32_t>{0, 4, 9}, at::kInt)),
+               std::exception);
+  EXPECT_THROW(cpu_varlen_attention_forward(q, k, k, at::tensor(std::vector<int32_t>{0, 6, 4, 10}, at::kInt)),
+               std::exception);
+}
+
+TEST(Varlen, CpuFp32TakesTheKernelOtherTypesTheMask) {
+  EXPECT_FALSE(varlen_flash_supported(at::Device(at::kCPU), at::kBFloat16, 64));
+  EXPECT_FALSE(varlen_flash_supported(at::Device(at::kCPU), at::kFloat, 64));
+  EXPECT_FALSE(varlen_attention_supported(at::Device(at::kCPU), at::kBFloat16, 64));
+  ModelConfig cfg;
+  Llama model(cfg);
+  Batch b;
+  b.position_ids = at::tensor(std::vector<int64_t>{0, 1, 2, 0, 1}, at::kLong).view({1, 5});
+  b.packed = true;
+  AttentionContext ctx = model->attention_context(b, at::TensorOptions().dtype(at::kFloat));
+  ASSERT_TRUE(ctx.cu_seqlens.defined());
+  EXPECT_FALSE(ctx.mask.defined());
+  EXPECT_EQ(ctx.max_seqlen, 3);
+  ctx = model->attention_context(b, at::TensorOptions().dtype(at::kBFloat16));
+  EXPECT_FALSE(ctx.cu_seqlens.defined());
+  ASSERT_TRUE(ctx.mask.defined());
+  EXPECT_EQ(ctx.mask.sizes(), at::IntArrayRef({1, 1, 5, 5}));
+  EXPECT_FALSE(ctx.mask[0][0][3][2].item<bool>());  // document 2 does not see document 1
+  EXPECT_TRUE(ctx.mask[0][0][4][3].item<bool>());
+}
+
+// A packed row through the CPU kernel gives every document the logits and weight gradients it
+// gets alone in a row of its own.
+TEST(CpuVarlen, PackedRowEqualsItsDocumentsAlone) {
+  ModelConfig cfg;  // hidden 64, 4 heads of 16
+  cfg.num_kv_heads = 2;
+  cfg.init_std = 0.2;  // attention that matters, so a leak across documents shows
+  at::manual_seed(3);
+  Llama model(cfg);
+  const std::vector<int64_t> lens = {5, 9, 2};
+  Batch packed;
+  packed.input_ids = at::randint(0, cfg.vocab_size, {1, 16}, at::kLong);
+  packed.position_ids = at::tensor(positions_of(lens), at::kLong).view({1, 16});
+  packed.packed = true;
+  at::Tensor logits = model->forward(packed);  // (1, 16, V)
+  logits.pow(2).sum().backward();
+  std::vector<at::Tensor> packed_grads;
+  for (const at::Tensor& p : model->parameters()) packed_grads.push_back(p.grad().clone()), p.mutable_grad().zero_();
+  int64_t start = 0;
+  for (int64_t len : lens) {
+    Batch alone;
+    alone.input_ids = packed.input_ids.narrow(1, start, len);
+    alone.position_ids = at::arange(len, at::kLong).view({1, len});
+    at::Tensor l = model->forward(alone);
+    EXPECT_LT(rel_err(logits.narrow(1, start, len), l), 1e-5) << "document at " << start;
+    l.pow(2).sum().backward();
+    start += len;
+  }
+  auto params = model->parameters();
+  for (size_t i = 0; i < params.size(); ++i) EXPECT_LT(rel_err(params[i].grad(), packed_grads[i]), 1e-5) << i;
+  Batch leaky = packed;
+  leaky.packed = false;
+  at::NoGradGuard no_grad;
+  EXPECT_GT(rel_err(model->forward(leaky).narrow(1, 5, 11), logits.narrow(1, 5, 11)), 1e-2)
+      << "attending across documents must change the logits, or the test shows nothing";
+}
+
+// ---- CUDA only: skipped on machines without a GPU ------------------------------------------
 
 TEST(VarlenCuda, FlashMatchesMaskedAttentionForwardAndBackward) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
@@ -141,7 +246,7 @@ TEST(VarlenCuda, PackedModelOnCudaMatchesCpu) {
   b.position_ids = at::tensor(pos, at::kLong).view({2, 12});
   b.packed = true;
   at::NoGradGuard no_grad;
-  at::Tensor cpu_logits = model->forward(b);  // fp32, block-diagonal mask
+  at::Tensor cpu_logits = model->forward(b);  // fp32, the CPU kernel (checked against the mask above)
   Batch leaky = b;
   leaky.packed = false;
   at::Tensor leaky_logits = model->forward(leaky);
