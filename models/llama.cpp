@@ -9,6 +9,8 @@
 #include <typeinfo>
 
 #include "models/lm_head.h"
+#include "models/ops/cpu_attention.h"
+#include "models/ops/fused_elementwise.h"
 #include "models/ops/linear_cross_entropy.h"
 #include "models/ops/varlen_attention.h"
 #include "models/recompute.h"
@@ -28,13 +30,10 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps, std::shared_ptr<TensorParallel
 }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
-  // Normalise in fp32, scale in the input dtype (as LlamaRMSNorm does).
-  at::Tensor xf = x.to(at::kFloat);
-  at::Tensor var = xf.pow(2).mean(/*dim=*/-1, /*keepdim=*/true);
   // Sequence parallel: each rank normalises its slice of the sequence, so the weight's gradient
   // is the sum of the ranks' (copy_to_region: identity forward, all-reduce backward).
   at::Tensor w = tp_ && tp_->sequence_parallel() ? copy_to_region(weight, tp_->group()) : weight;
-  return w * (xf * at::rsqrt(var + eps_)).to(x.scalar_type());
+  return rms_norm(x, w, eps_);  // normalised in fp32, scaled in x's dtype, as LlamaRMSNorm
 }
 
 // ---- Rotary embeddings -----------------------------------------------------------------------
@@ -91,15 +90,6 @@ at::Tensor alibi_slopes(int64_t num_heads) {
   return at::tensor(slopes, at::kFloat);
 }
 
-namespace {
-
-at::Tensor rotate_half(const at::Tensor& x) {
-  auto halves = x.chunk(2, /*dim=*/-1);
-  return at::cat({-halves[1], halves[0]}, /*dim=*/-1);
-}
-
-}  // namespace
-
 // ---- Attention -------------------------------------------------------------------------------
 
 AttentionImpl::AttentionImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make)
@@ -121,17 +111,17 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionContext& c
   at::Tensor q_full = q_proj(x);
   const int64_t B = q_full.size(0), T = q_full.size(1);
   if (ctx.cu_seqlens.defined()) {
-    // Packed documents on CUDA: tokens laid end to end (N = B*T), varlen flash attention.
-    // No selective recomputation here: the kernel keeps only q, k, v, the output and the
-    // (H, N) log-sum-exp, which is what recomputing the core would keep anyway.
+    // Documents laid end to end (N = B*T) through varlen attention (flash on CUDA, kiln's kernel
+    // on the CPU). No selective recomputation here: the kernels keep only q, k, v, the output and
+    // the (N, H) log-sum-exp, which is what recomputing the core would keep anyway.
     at::Tensor q = q_full.view({B * T, num_heads_, head_dim_});        // (N, H, D)
     at::Tensor k = k_proj(x).view({B * T, num_kv_heads_, head_dim_});  // (N, K, D)
     at::Tensor v = v_proj(x).view({B * T, num_kv_heads_, head_dim_});
     at::Tensor cos = ctx.cos.reshape({B * T, 1, head_dim_}), sin = ctx.sin.reshape({B * T, 1, head_dim_});
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
+    q = rope(q, cos, sin);
+    k = rope(k, cos, sin);
     VarlenLayout layout{ctx.cu_seqlens, ctx.max_seqlen};
-    at::Tensor out = varlen_flash_attention(q, k, v, layout);  // (N, H, D)
+    at::Tensor out = varlen_attention(q, k, v, layout);  // (N, H, D)
     return o_proj(out.view({B, T, num_heads_ * head_dim_}));
   }
   at::Tensor q = q_full.view({B, T, num_heads_, head_dim_}).transpose(1, 2);        // (B, H, T, D)
@@ -139,8 +129,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionContext& c
   at::Tensor v = v_proj(x).view({B, T, num_kv_heads_, head_dim_}).transpose(1, 2);
   if (ctx.cos.defined()) {
     at::Tensor cos = ctx.cos.unsqueeze(1), sin = ctx.sin.unsqueeze(1);  // (B, 1, T, D)
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
+    q = rope(q, cos, sin);
+    k = rope(k, cos, sin);
   }
   if (num_kv_heads_ != num_heads_) {
     const int64_t rep = num_heads_ / num_kv_heads_;
@@ -173,7 +163,7 @@ MLPImpl::MLPImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory&
   down_proj = register_module("down_proj", make({"down_proj", layer, f, h, ShardDim::In}));
 }
 
-at::Tensor MLPImpl::forward(const at::Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
+at::Tensor MLPImpl::forward(const at::Tensor& x) { return down_proj(swiglu(gate_proj(x), up_proj(x))); }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const ProjectionFactory& make,
                                    std::shared_ptr<TensorParallel> tp) {
@@ -320,11 +310,21 @@ AttentionContext LlamaImpl::attention_context(const Batch& batch, const at::Tens
   }
   ctx.causal = true;
   if (batch.packed && cfg_.position == Position::rope &&
-      varlen_flash_supported(opts.device(), opts.dtype().toScalarType(), cfg_.head_dim())) {
-    // CUDA: document offsets instead of a (B, 1, T, T) mask (1 GiB of bools at T = 16k, B = 4).
+      varlen_attention_supported(opts.device(), opts.dtype().toScalarType(), cfg_.head_dim())) {
+    // CUDA in fp16/bf16 and the CPU in fp32: document offsets instead of a (B, 1, T, T) mask (1 GiB
+    // of bools at T = 16k, B = 4, and on the CPU a float copy of it per layer).
     VarlenLayout layout = varlen_layout(pos);
     ctx.cu_seqlens = layout.cu_seqlens;
     ctx.max_seqlen = layout.max_seqlen;
+    return ctx;
+  }
+  if (!batch.packed && cfg_.position == Position::rope && T <= kCpuAttentionDenseMaxLen &&
+      cpu_varlen_attention_supported(opts.device(), opts.dtype().toScalarType())) {
+    // Causal rows up to 1024 tokens on the CPU in fp32 through the same kernel, each row one
+    // document: faster there than SDPA's CPU flash kernel with k and v repeated to every head.
+    const int64_t B = pos.size(0);
+    ctx.cu_seqlens = at::arange(0, B * T + 1, T, at::TensorOptions().dtype(at::kInt));
+    ctx.max_seqlen = T;
     return ctx;
   }
   at::Tensor causal = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(pos.device())).tril();

@@ -76,8 +76,8 @@ struct AttentionContext {
   at::Tensor cos, sin;  // (B, T, head_dim), gathered at position_ids
   at::Tensor mask;      // (B, 1, T, T) bool or additive float; undefined = plain causal
   bool causal = true;   // use is_causal=true in SDPA (no packing, no ALiBi)
-  // Packed rows on CUDA in fp16/bf16 (RoPE models): document offsets for varlen flash
-  // attention (models/ops/varlen_attention.h); `mask` is then left undefined.
+  // Packed rows of RoPE models on CUDA in fp16/bf16 or on the CPU in fp32: document offsets for
+  // varlen attention (models/ops/varlen_attention.h); `mask` is then left undefined.
   at::Tensor cu_seqlens;   // (docs + 1) int32 over the flattened B*T tokens; undefined = not varlen
   int64_t max_seqlen = 0;  // tokens in the longest document
 };

@@ -1,11 +1,16 @@
 // The CPU kernels against their ATen reference paths on random inputs of several shapes: the fused
 // AdamW step (models/ops/fused_adamw.h) against adamw_update_reference, the fused fp64 sum of
-// squares against x.double().pow(2).sum(), and the OpenBLAS products (models/ops/cpu_gemm.h)
-// against at::linear / at::mm, values and both gradients; fp32 within 1e-5.
+// squares against x.double().pow(2).sum(), the OpenBLAS products (models/ops/cpu_gemm.h)
+// against at::linear / at::mm, values and both gradients, and the fused RMSNorm, RoPE and SwiGLU
+// (models/ops/fused_elementwise.h) against their ATen expressions, values and gradients; fp32
+// within 1e-5. (The CPU attention kernel is tested in test_varlen.cpp.)
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/autograd.h>
 
 #include "models/ops/cpu_gemm.h"
+#include "models/ops/cpu_math.h"
+#include "models/ops/fused_elementwise.h"
 #include "models/ops/fused_adamw.h"
 #include "parallel/zero.h"
 
@@ -116,6 +121,75 @@ TEST(CpuGemm, NamesItsBackend) {
 #else
   EXPECT_EQ(name, "aten");
 #endif
+}
+
+// The forward and the gradients of every input of f and of its reference agree.
+template <class F, class R>
+void expect_same_with_grads(F fused, R reference, std::vector<at::Tensor> inputs, const std::string& what) {
+  for (at::Tensor& t : inputs) t.requires_grad_(true);
+  at::Tensor out = fused(inputs), ref = reference(inputs);
+  if (cpu_kernels_on()) {  // the fused autograd function ran, not the ATen ops
+    EXPECT_NE(out.grad_fn()->name().find("Function"), std::string::npos) << what << ": " << out.grad_fn()->name();
+  }
+  EXPECT_LT(rel(out, ref), 1e-5) << what;
+  at::Tensor go = at::randn_like(out);
+  auto grads = torch::autograd::grad({out}, inputs, {go});
+  auto ref_grads = torch::autograd::grad({ref}, inputs, {go});
+  for (size_t i = 0; i < inputs.size(); ++i) EXPECT_LT(rel(grads[i], ref_grads[i]), 1e-5) << what << ", input " << i;
+}
+
+TEST(CpuMath, ExpWithinAFewUlp) {
+  at::Tensor x = at::linspace(-87, 88, 200001, at::kDouble);
+  double worst = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double xi = static_cast<float>(x[i].item<double>());
+    worst = std::max(worst, std::abs(exp_clamped(static_cast<float>(xi)) / std::exp(xi) - 1));
+  }
+  EXPECT_LT(worst, 4e-7);
+  EXPECT_EQ(exp_clamped(-1000.f), exp_clamped(-87.3f));  // clamped, not 0 * inf or a wrapped exponent
+  EXPECT_GT(exp_clamped(-1000.f), 0.f);
+  EXPECT_TRUE(std::isfinite(exp_clamped(1000.f)));
+}
+
+TEST(FusedElementwise, RMSNormMatchesTheAtenExpression) {
+  at::manual_seed(21);
+  for (auto shape : std::vector<std::vector<int64_t>>{{1, 1, 8}, {2, 5, 64}, {3, 37, 100}, {4, 128, 512}}) {
+    const int64_t h = shape.back();
+    at::Tensor x = at::randn(shape) * 3, w = at::randn({h});
+    auto fused = [](const std::vector<at::Tensor>& in) { return rms_norm(in[0], in[1], 1e-5); };
+    auto ref = [](const std::vector<at::Tensor>& in) { return rms_norm_reference(in[0], in[1], 1e-5); };
+    expect_same_with_grads(fused, ref, {x, w}, "rms_norm h " + std::to_string(h) + " rows " + std::to_string(x.numel() / h));
+  }
+  // A non-contiguous input takes the reference (and is still right).
+  at::Tensor x = at::randn({16, 8}).t(), w = at::randn({16});
+  EXPECT_LT(rel(rms_norm(x, w, 1e-6), rms_norm_reference(x.contiguous(), w, 1e-6)), 1e-6);
+}
+
+TEST(FusedElementwise, RopeMatchesTheAtenExpression) {
+  at::manual_seed(22);
+  struct Case {
+    int64_t N, H, D;
+  } cases[] = {{1, 1, 2}, {7, 3, 16}, {64, 8, 64}, {33, 2, 128}};
+  for (const Case& c : cases) {
+    at::Tensor x = at::randn({c.N, c.H, c.D});
+    at::Tensor angle = at::rand({c.N, 1, c.D / 2}) * 6.3;
+    at::Tensor cos = at::cat({angle, angle}, -1).cos(), sin = at::cat({angle, angle}, -1).sin();
+    auto fused = [&](const std::vector<at::Tensor>& in) { return rope(in[0], cos, sin); };
+    auto ref = [&](const std::vector<at::Tensor>& in) { return rope_reference(in[0], cos, sin); };
+    expect_same_with_grads(fused, ref, {x}, "rope " + std::to_string(c.N) + "x" + std::to_string(c.H) + "x" +
+                                                std::to_string(c.D));
+  }
+}
+
+TEST(FusedElementwise, SwiGLUMatchesTheAtenExpression) {
+  at::manual_seed(23);
+  for (auto shape : std::vector<std::vector<int64_t>>{{1}, {3, 17}, {2, 64, 1408}}) {
+    at::Tensor gate = at::randn(shape) * 4, up = at::randn(shape);
+    if (gate.numel() > 2) gate.view(-1)[0] = -100.f, gate.view(-1)[1] = 100.f;  // saturated sigmoid
+    auto fused = [](const std::vector<at::Tensor>& in) { return swiglu(in[0], in[1]); };
+    auto ref = [](const std::vector<at::Tensor>& in) { return swiglu_reference(in[0], in[1]); };
+    expect_same_with_grads(fused, ref, {gate, up}, "swiglu " + std::to_string(gate.numel()));
+  }
 }
 
 }  // namespace
