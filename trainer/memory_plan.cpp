@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "models/ops/cpu_attention.h"
+#include "models/ops/fused_elementwise.h"
 #include "models/tp_layers.h"
 #include "trainer/config.h"
 #include "trainer/lora_setup.h"
@@ -101,15 +103,28 @@ MemoryPlan plan_memory(const Config& cfg, int64_t world, double runtime_bytes) {
   // (x, the norms, the residual) are whole on each tp rank, 1/t with sequence parallel.
   // Selective recomputation keeps the same: the core's inputs q, k, v and its output (the flash
   // kernel's own saved state is the output and an (H, T) log-sum-exp).
-  const bool gqa = m.kv_heads() != m.num_heads;
-  const double norm_vals = 2 * h + (b < 4 ? 2 * h : 0);  // an fp32 copy counts as two b=2 values
+  // On the CPU in fp32 (models/ops/fused_elementwise.h, cpu_attention.h) the fused RMSNorm keeps
+  // only its output (the next projection's input) and one fp32 value per row; SwiGLU keeps gate
+  // and up, not silu(gate); and a RoPE model's attention (packed rows, and dense rows up to 1024
+  // tokens) runs through the varlen kernel, which keeps k and v unrepeated and an (N, H) fp32
+  // log-sum-exp. On CUDA, packed rows in
+  // fp16/bf16 take the varlen flash kernel, which keeps the same.
+  const bool cpu_fused = !gpu && b == 4 && fused_elementwise_on(c10::Device(c10::kCPU), at::kFloat);
+  const bool cpu_kernel = !gpu && b == 4 && m.position == Position::rope &&
+                          (cfg.data.packing || cfg.data.seq_len <= kCpuAttentionDenseMaxLen) &&
+                          cpu_varlen_attention_supported(c10::Device(c10::kCPU), at::kFloat);
+  const bool varlen = cpu_kernel || (gpu && b == 2 && cfg.data.packing && m.position == Position::rope);
+  const bool repeats = m.kv_heads() != m.num_heads && !varlen;
+  // An fp32 copy counts as two b=2 values.
+  const double norm_vals = cpu_fused ? h : 2 * h + (b < 4 ? 2 * h : 0);
   auto per_layer = [&](bool sp) {
     const double rep = sp ? 1 / t : 1;
     const double replicated = (h + 2 * norm_vals + h) * rep;
-    const double qkv = (h + (gqa ? 2 * h : 2 * kv)) / t;
+    const double qkv = (h + (repeats ? 2 * h : 2 * kv)) / t;
     const double out = h / t;
-    const double mlp = 4 * f / t;
-    return N * b * (replicated + qkv + out + mlp);
+    const double lse = varlen ? static_cast<double>(m.num_heads) / t * 4 / b : 0;
+    const double mlp = (cpu_fused ? 3 : 4) * f / t;
+    return N * b * (replicated + qkv + out + lse + mlp);
   };
   auto activations = [&](bool sp) {
     const Checkpointing mode = cfg.train.activation_checkpointing;
@@ -125,13 +140,12 @@ MemoryPlan plan_memory(const Config& cfg, int64_t world, double runtime_bytes) {
   const bool recomputes = cfg.train.activation_checkpointing == Checkpointing::full || zero >= 3;
   r.layer_backward = (recomputes ? per_layer(p.sequence_parallel) : 0) + N * b * (3 * f / t + 4 * h);
 
-  // Attention masks outside CUDA's varlen path (models/llama.cpp attention_context()). Packed rows
+  // Attention masks outside the varlen kernels (models/llama.cpp attention_context()). Packed rows
   // attend through a (B, 1, T, T) bool mask held through forward and backward; SDPA's CPU kernel
   // turns it into a float mask of the query dtype in every layer and keeps that copy for its
   // backward, unless the core is recomputed (selective, full, ZeRO-3: one layer's copy at a time).
   // ALiBi's mask is already float: (1 or B, H, T, T) fp32 for every head (tp ranks narrow it to
   // theirs), copied per layer only when the compute dtype is not fp32.
-  const bool varlen = gpu && m.position == Position::rope;
   const bool packed = cfg.data.packing && !varlen;
   const bool core_saved = cfg.train.activation_checkpointing == Checkpointing::none && zero < 3;
   const double copies = core_saved ? layers : 1;

@@ -370,7 +370,7 @@ TrainResult Trainer::run() {
          setup_.device.is_cuda() ? "cuda" : "cpu", " ", c10::toString(setup_.dtype));
     if (!setup_.device.is_cuda())
       log0("cpu: ", at::get_num_threads(), " threads, fp32 matrix products: ", cpu_gemm_name(),
-           " (KILN_CPU_KERNELS=aten: LibTorch's)");
+           ", attention and fused ops: ", cpu_kernels_on() ? "kiln" : "aten", " (KILN_CPU_KERNELS=aten: LibTorch's)");
   }
   build();
   restore();

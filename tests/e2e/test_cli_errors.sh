@@ -15,6 +15,7 @@ expect_error "typo.yaml:3: train.lerning_rate: unknown key; did you mean 'train.
 expect_error "train.steps: expected an integer, got 'ten'" "$KILN" plan "$WORK/tiny.yaml" --set train.steps=ten
 expect_error "parallel.zero: 7 is out of range; valid: 0 .. 3" "$KILN" plan "$WORK/tiny.yaml" --set parallel.zero=7
 expect_error "nope.yaml: cannot read config file" "$KILN" train "$WORK/nope.yaml"
+expect_error "KILN_CPU_KERNELS=fast: valid values are kiln" env KILN_CPU_KERNELS=fast "$KILN" plan "$WORK/tiny.yaml"
 expect_error "unknown option --stepz" "$KILN" train "$WORK/tiny.yaml" --stepz 3
 expect_error "model.num_layers (2) must be divisible by parallel.pp x parallel.virtual_stages (4)" \
   "$KILN" plan "$WORK/tiny.yaml" --set parallel.pp=4 --world 4
