@@ -11,7 +11,7 @@
 #
 # Cases: shapes "demo" (hidden 128, 4 layers, 4/2 heads, 1.8 M parameters), "cpu" (bench/cpu.sh's
 # hidden 512, 4 layers, 16 M) and "mid" (hidden 768, 8 layers, 12/4 heads, FFN 2048, 56 M); one
-# document per row (dense causal SDPA) or packed SFT conversations (a block-diagonal mask);
+# document per row (dense causal) or packed SFT conversations (attention within documents);
 # sequence 512 to 16384; activation checkpointing none / selective / full; ZeRO 0-3 at dp 1, 2, 4.
 # fp32 on the CPU, as the CPU figures are resident sizes. Synthetic corpus, tokenizer of 4000.
 set -euo pipefail
