@@ -107,8 +107,8 @@ MemoryPlan plan_memory(const Config& cfg, int64_t world, double runtime_bytes) {
   // only its output (the next projection's input) and one fp32 value per row; SwiGLU keeps gate
   // and up, not silu(gate); and a RoPE model's attention (packed rows, and dense rows up to 1024
   // tokens) runs through the varlen kernel, which keeps k and v unrepeated and an (N, H) fp32
-  // log-sum-exp. On CUDA, packed rows in
-  // fp16/bf16 take the varlen flash kernel, which keeps the same.
+  // log-sum-exp. On CUDA, packed rows in fp16/bf16 take the varlen flash kernel, which keeps the
+  // same. (The conditions mirror LlamaImpl::attention_context(), which decides per batch.)
   const bool cpu_fused = !gpu && b == 4 && fused_elementwise_on(c10::Device(c10::kCPU), at::kFloat);
   const bool cpu_kernel = !gpu && b == 4 && m.position == Position::rope &&
                           (cfg.data.packing || cfg.data.seq_len <= kCpuAttentionDenseMaxLen) &&
